@@ -1,0 +1,143 @@
+"""`sdmc_verify_dataset -d ID`: check a raw dataset against the contract, listing every problem.
+
+Checks: `dataset.json` is valid; every file name follows the nnU-Net v2 pattern; every case has
+all its channels and its label; numTraining matches; per case, channels and label agree in
+shape and spacing, intensities are finite and label values are among `labels`.
+"""
+
+import argparse
+import logging
+import os
+import re
+from functools import partial
+from multiprocessing import Pool
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from sdmcunet import paths
+from sdmcunet.imageio import grey_channel, read_nifti, read_png
+from sdmcunet.raw_dataset import DatasetJson, find_dataset, image_file_name, label_file_name, load_dataset_json
+from sdmcunet.utils.cli import configure_logging, console_entry
+from sdmcunet.utils.errors import SDMCError
+
+log = logging.getLogger("sdmcunet.verify")
+SPACING_TOLERANCE = 1e-3
+
+
+def verify_dataset(folder: Path, num_processes: int = 1) -> list[str]:
+    """Every problem found in the raw dataset `folder` (an empty list when it is valid)."""
+    dataset = load_dataset_json(folder)
+    problems, cases = _check_file_names(folder, dataset)
+    check = partial(_check_case, folder=folder, dataset=dataset)
+    with tqdm(total=len(cases), desc="verifying cases", unit="case") as progress:
+        if num_processes > 1 and len(cases) > 1:
+            with Pool(num_processes) as pool:
+                for case_problems in pool.imap(check, cases, chunksize=8):
+                    problems.extend(case_problems)
+                    progress.update()
+        else:
+            for case in cases:
+                problems.extend(check(case))
+                progress.update()
+    return problems
+
+
+def _check_file_names(folder: Path, dataset: DatasetJson) -> tuple[list[str], list[str]]:
+    """Problems with the file sets, and the cases complete enough to be read."""
+    ending = re.escape(dataset.file_ending)
+    image_pattern = re.compile(rf"^(.+)_(\d{{4}}){ending}$")
+    label_pattern = re.compile(rf"^(.+){ending}$")
+    problems: list[str] = []
+    channels_by_case: dict[str, set[int]] = {}
+    for path in _files(folder / "imagesTr", problems):
+        match = image_pattern.match(path.name)
+        if match:
+            channels_by_case.setdefault(match[1], set()).add(int(match[2]))
+        else:
+            problems.append(f"{path}: name does not follow {{case}}_{{channel:04d}}{dataset.file_ending}")
+    labelled = set()
+    for path in _files(folder / "labelsTr", problems):
+        match = label_pattern.match(path.name)
+        if match:
+            labelled.add(match[1])
+        else:
+            problems.append(f"{path}: name does not follow {{case}}{dataset.file_ending}")
+    expected_channels = set(dataset.channel_names)
+    for case, channels in sorted(channels_by_case.items()):
+        if missing := sorted(expected_channels - channels):
+            problems.append(f"case {case}: channel file(s) {missing} missing in imagesTr")
+        if extra := sorted(channels - expected_channels):
+            problems.append(f"case {case}: channel file(s) {extra} not declared in channel_names")
+    for case in sorted(set(channels_by_case) - labelled):
+        problems.append(f"case {case}: label file {label_file_name(case, dataset.file_ending)} missing in labelsTr")
+    for case in sorted(labelled - set(channels_by_case)):
+        problems.append(f"{folder / 'labelsTr' / label_file_name(case, dataset.file_ending)}: label without images")
+    if len(channels_by_case) != dataset.n_training:
+        problems.append(f"dataset.json says numTraining={dataset.n_training} but imagesTr holds {len(channels_by_case)} cases")
+    complete = sorted(case for case, channels in channels_by_case.items()
+                      if expected_channels <= channels and case in labelled)
+    return problems, complete
+
+
+def _files(folder: Path, problems: list[str]) -> list[Path]:
+    if not folder.is_dir():
+        problems.append(f"{folder}: folder missing")
+        return []
+    return sorted(path for path in folder.iterdir() if not path.name.startswith("."))
+
+
+def _read(path: Path) -> tuple[np.ndarray, tuple[float, float] | None]:
+    if path.name.lower().endswith(".png"):
+        return grey_channel(read_png(path)), None
+    return read_nifti(path)
+
+
+def _check_case(case: str, folder: Path, dataset: DatasetJson) -> list[str]:
+    problems = []
+    images = [folder / "imagesTr" / image_file_name(case, channel, dataset.file_ending) for channel in dataset.channel_names]
+    label_path = folder / "labelsTr" / label_file_name(case, dataset.file_ending)
+    try:
+        arrays = {path: _read(path) for path in [*images, label_path]}
+    except SDMCError as error:
+        return [str(error)]
+    label_map, label_spacing = arrays[label_path]
+    for path in images:
+        array, spacing = arrays[path]
+        if array.shape != label_map.shape:
+            problems.append(f"{path}: shape {array.shape} differs from its label's {label_map.shape}")
+        elif spacing is not None and not np.allclose(spacing, label_spacing, atol=SPACING_TOLERANCE):
+            problems.append(f"{path}: spacing {spacing} differs from its label's {label_spacing}")
+        if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+            problems.append(f"{path}: holds NaN or infinite intensities")
+    unexpected = sorted(set(np.unique(label_map).tolist()) - set(dataset.labels.values()))
+    if unexpected:
+        problems.append(f"{label_path}: label values {unexpected} are not in dataset.json labels")
+    return problems
+
+
+def verify_or_raise(folder: Path, num_processes: int = 1) -> None:
+    """Raise an SDMCError listing every problem of the dataset, if it has any."""
+    problems = verify_dataset(folder, num_processes)
+    if problems:
+        listing = "\n  ".join(problems)
+        raise SDMCError(f"{folder} failed verification ({len(problems)} problem(s)):\n  {listing}")
+
+
+@console_entry
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="sdmc_verify_dataset", description=__doc__.splitlines()[0])
+    parser.add_argument("-d", dest="dataset_id", type=int, required=True, help="dataset id, e.g. 2021")
+    parser.add_argument("--raw", type=Path, default=None, help="raw data folder (default $SDMC_raw or ./raw_data)")
+    parser.add_argument("-np", dest="num_processes", type=int, default=min(os.cpu_count() or 1, 8))
+    args = parser.parse_args(argv)
+    configure_logging()
+    folder = find_dataset(args.raw or paths.raw_root(), args.dataset_id)
+    verify_or_raise(folder, max(1, args.num_processes))
+    print(f"{folder}: verified, no problems found")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

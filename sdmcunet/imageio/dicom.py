@@ -1,0 +1,119 @@
+"""One DICOM CT slice -> Hounsfield units, pixel spacing and the identifiers used for splits.
+
+Uncompressed pixel data is read at its full allocated width instead of through pydicom's
+`pixel_array`, because pydicom masks values to `BitsStored`: the Stroke2021 release has headers
+that say 12 bits while the values need 16, and masking would silently corrupt bone and lesions.
+"""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from sdmcunet.utils.errors import SDMCError
+
+CODEC_HINT = (
+    "install a decoder for it: pip install 'sdmcunet[dicom-codecs]' "
+    "(pylibjpeg, pylibjpeg-libjpeg, pylibjpeg-openjpeg) or pip install python-gdcm"
+)
+
+
+@dataclass
+class DicomSlice:
+    hounsfield: np.ndarray  # float32, rows x columns
+    spacing: tuple[float, float] | None  # (row, column) in mm; None when the header has none
+    patient_id: str | None
+    study_uid: str | None
+    notes: list[str] = field(default_factory=list)  # repairs a user should know about
+
+
+def read_dicom_slice(path: str | Path, require_ct: bool = True) -> DicomSlice:
+    """Read a single-frame greyscale DICOM slice and convert it to Hounsfield units."""
+    path = Path(path)
+    dataset = _read_dataset(path)
+    modality = dataset.get("Modality")
+    if require_ct and modality != "CT":
+        raise SDMCError(f"{path}: modality is {modality or 'missing'}, expected CT (Hounsfield units)")
+    notes: list[str] = []
+    stored = _stored_values(path, dataset, notes)
+    slope = float(dataset.get("RescaleSlope", 1) or 1)
+    intercept = float(dataset.get("RescaleIntercept", 0) or 0)
+    hounsfield = (stored.astype(np.float64) * slope + intercept).astype(np.float32)
+    return DicomSlice(
+        hounsfield=hounsfield,
+        spacing=_spacing(dataset, notes),
+        patient_id=str(dataset.PatientID) if dataset.get("PatientID") else None,
+        study_uid=str(dataset.StudyInstanceUID) if dataset.get("StudyInstanceUID") else None,
+        notes=notes,
+    )
+
+
+def _read_dataset(path: Path) -> pydicom.Dataset:
+    try:
+        dataset = pydicom.dcmread(path)
+    except FileNotFoundError:
+        raise SDMCError(f"{path}: file not found") from None
+    except InvalidDicomError as error:
+        raise SDMCError(f"{path}: not a DICOM file ({error})") from None
+    except (EOFError, OSError, ValueError, KeyError, TypeError) as error:
+        raise SDMCError(f"{path}: unreadable or truncated DICOM ({type(error).__name__}: {error})") from None
+    if "PixelData" not in dataset:
+        raise SDMCError(f"{path}: DICOM has no pixel data")
+    if int(dataset.get("NumberOfFrames", 1) or 1) != 1 or int(dataset.get("SamplesPerPixel", 1)) != 1:
+        raise SDMCError(f"{path}: expected one greyscale frame (a CT slice), found a multi-frame or colour image")
+    return dataset
+
+
+def _stored_values(path: Path, dataset: pydicom.Dataset, notes: list[str]) -> np.ndarray:
+    file_meta = getattr(dataset, "file_meta", None)
+    transfer_syntax = file_meta.get("TransferSyntaxUID") if file_meta is not None else None
+    if transfer_syntax is not None and transfer_syntax.is_compressed:
+        return _decoded_values(path, dataset, transfer_syntax)
+    rows, columns = int(dataset.Rows), int(dataset.Columns)
+    bits_allocated = int(dataset.BitsAllocated)
+    if bits_allocated not in (8, 16, 32):
+        raise SDMCError(f"{path}: BitsAllocated {bits_allocated} is not supported (8, 16 or 32)")
+    signed = int(dataset.get("PixelRepresentation", 0)) == 1
+    byte_order = "<" if transfer_syntax is None or transfer_syntax.is_little_endian else ">"
+    dtype = np.dtype(f"{byte_order}{'i' if signed else 'u'}{bits_allocated // 8}")
+    raw = dataset.PixelData
+    needed_bytes = rows * columns * dtype.itemsize
+    if len(raw) < needed_bytes:
+        raise SDMCError(f"{path}: pixel data is truncated ({len(raw)} of {needed_bytes} bytes)")
+    stored = np.frombuffer(raw, dtype=dtype, count=rows * columns).reshape(rows, columns)
+    _note_bits_stored_mismatch(dataset, stored, signed, notes)
+    return stored
+
+
+def _note_bits_stored_mismatch(dataset, stored: np.ndarray, signed: bool, notes: list[str]) -> None:
+    bits_stored = int(dataset.get("BitsStored", dataset.BitsAllocated))
+    low, high = int(stored.min()), int(stored.max())
+    needed = max(high.bit_length(), (-low - 1).bit_length() if low < 0 else 0) + (1 if signed else 0)
+    if needed > bits_stored:
+        notes.append(
+            f"header says BitsStored={bits_stored} but the values need {needed} bits; "
+            f"kept the full {dataset.BitsAllocated}-bit values (range {low}..{high})"
+        )
+
+
+def _decoded_values(path: Path, dataset: pydicom.Dataset, transfer_syntax) -> np.ndarray:
+    try:
+        return np.asarray(dataset.pixel_array)
+    except (RuntimeError, NotImplementedError, ImportError) as error:
+        raise SDMCError(
+            f"{path}: pixel data is compressed ({transfer_syntax.name}) and no installed decoder "
+            f"can read it; {CODEC_HINT} [{str(error).splitlines()[0]}]"
+        ) from None
+    except (ValueError, EOFError) as error:
+        raise SDMCError(f"{path}: compressed pixel data is corrupt or truncated ({error})") from None
+
+
+def _spacing(dataset: pydicom.Dataset, notes: list[str]) -> tuple[float, float] | None:
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+        value = dataset.get(keyword)
+        if value is not None and len(value) == 2 and all(float(v) > 0 for v in value):
+            return float(value[0]), float(value[1])
+    notes.append("no valid PixelSpacing in the header")
+    return None

@@ -1,0 +1,99 @@
+"""The raw dataset contract (DESIGN §3): nnU-Net v2 folder, file names and `dataset.json`.
+
+A raw dataset lives in `<raw root>/Dataset{id:03d}_{Name}/` with `imagesTr/{case}_{channel:04d}
+{file_ending}`, `labelsTr/{case}{file_ending}` and a `dataset.json`; nnU-Net v2 reads ours and
+we read its.
+"""
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from sdmcunet.utils.errors import SDMCError
+from sdmcunet.utils.files import read_json
+
+REQUIRED_KEYS = ("channel_names", "labels", "numTraining", "file_ending")
+_FOLDER_PATTERN = re.compile(r"^Dataset(\d+)_(.+)$")
+
+
+def dataset_folder_name(dataset_id: int, name: str) -> str:
+    if dataset_id <= 0:
+        raise SDMCError(f"dataset id must be a positive integer, got {dataset_id}")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name):
+        raise SDMCError(f"dataset name {name!r} may hold only letters, digits, '_' and '-'")
+    return f"Dataset{dataset_id:03d}_{name}"
+
+
+def folders_with_id(root: Path, dataset_id: int) -> list[Path]:
+    """Every `Dataset{id}_*` folder in `root` (there should be at most one)."""
+    if not root.is_dir():
+        return []
+    return sorted(
+        child for child in root.iterdir()
+        if child.is_dir() and (match := _FOLDER_PATTERN.match(child.name)) and int(match[1]) == dataset_id
+    )
+
+
+def find_dataset(root: Path, dataset_id: int) -> Path:
+    """The folder of dataset `dataset_id` in `root`; a clear error when it is missing or ambiguous."""
+    matches = folders_with_id(root, dataset_id)
+    if not matches:
+        raise SDMCError(
+            f"no dataset with id {dataset_id} in {root} (expected a folder Dataset{dataset_id:03d}_<Name>); "
+            f"convert one with sdmc_convert_stroke2021 or set SDMC_raw"
+        )
+    if len(matches) > 1:
+        raise SDMCError(f"dataset id {dataset_id} is ambiguous in {root}: {', '.join(m.name for m in matches)}")
+    return matches[0]
+
+
+def image_file_name(case: str, channel: int, file_ending: str) -> str:
+    return f"{case}_{channel:04d}{file_ending}"
+
+
+def label_file_name(case: str, file_ending: str) -> str:
+    return f"{case}{file_ending}"
+
+
+def make_dataset_json(channel_names: dict[int, str], labels: dict[str, int], n_training: int,
+                      file_ending: str, **extra) -> dict:
+    return {
+        "channel_names": {str(channel): name for channel, name in channel_names.items()},
+        "labels": labels,
+        "numTraining": n_training,
+        "file_ending": file_ending,
+        **extra,
+    }
+
+
+@dataclass
+class DatasetJson:
+    channel_names: dict[int, str]
+    labels: dict[str, int]
+    n_training: int
+    file_ending: str
+
+
+def load_dataset_json(folder: Path) -> DatasetJson:
+    """Read and check `dataset.json` of a raw dataset folder."""
+    path = folder / "dataset.json"
+    content = read_json(path)
+    missing = [key for key in REQUIRED_KEYS if key not in content]
+    if missing:
+        raise SDMCError(f"{path}: missing key(s) {', '.join(missing)}")
+    try:
+        channel_names = {int(channel): str(name) for channel, name in content["channel_names"].items()}
+        labels = {str(name): int(value) for name, value in content["labels"].items()}
+        n_training = int(content["numTraining"])
+    except (AttributeError, TypeError, ValueError) as error:
+        raise SDMCError(f"{path}: channel_names, labels or numTraining malformed ({error})") from None
+    if sorted(channel_names) != list(range(len(channel_names))):
+        raise SDMCError(f"{path}: channel_names must be numbered 0..{len(channel_names) - 1}")
+    if labels.get("background") != 0:
+        raise SDMCError(f"{path}: labels must map 'background' to 0")
+    if sorted(labels.values()) != list(range(len(labels))):
+        raise SDMCError(f"{path}: label values must be consecutive integers from 0, got {sorted(labels.values())}")
+    file_ending = str(content["file_ending"])
+    if not file_ending.startswith("."):
+        raise SDMCError(f"{path}: file_ending must start with '.', got {file_ending!r}")
+    return DatasetJson(channel_names, labels, n_training, file_ending)

@@ -1,0 +1,40 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+CONSOLE_SCRIPTS = {
+    "sdmc_download_stroke2021": "sdmcunet.dataset_conversion.download_stroke2021:main",
+    "sdmc_convert_stroke2021": "sdmcunet.dataset_conversion.convert_stroke2021:main",
+    "sdmc_make_synthetic": "sdmcunet.dataset_conversion.synthetic:main",
+    "sdmc_verify_dataset": "sdmcunet.experiment_planning.verify_dataset:main",
+}
+
+setup(
+    name="sdmcunet",
+    version="0.1.0",
+    description="nnU-Net-style self-configuring framework for stroke lesion segmentation "
+    "in non-contrast brain CT (SDMC-Seg and baselines)",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["sdmcunet", "sdmcunet.*"]),
+    install_requires=[
+        "torch>=2.1",
+        "numpy>=1.24",
+        "scipy>=1.10",
+        "SimpleITK>=2.2",
+        "pydicom>=3.0",
+        "batchgenerators>=0.25",
+        "acvl-utils>=0.2",
+        "diffusers>=0.27",
+        "monai>=1.3",
+        "tqdm>=4.60",
+        "matplotlib>=3.6",
+    ],
+    extras_require={
+        # decoders for compressed DICOM transfer syntaxes (JPEG, JPEG-LS, JPEG 2000)
+        "dicom-codecs": ["pylibjpeg>=2.0", "pylibjpeg-libjpeg>=2.1", "pylibjpeg-openjpeg>=2.3"],
+    },
+    entry_points={"console_scripts": [f"{name}={target}" for name, target in CONSOLE_SCRIPTS.items()]},
+)
