@@ -9,6 +9,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
+from sdmcunet.imageio import grey_channel, read_nifti, read_png
 from sdmcunet.utils.errors import SDMCError
 from sdmcunet.utils.files import read_json
 
@@ -97,3 +100,33 @@ def load_dataset_json(folder: Path) -> DatasetJson:
     if not file_ending.startswith("."):
         raise SDMCError(f"{path}: file_ending must start with '.', got {file_ending!r}")
     return DatasetJson(channel_names, labels, n_training, file_ending)
+
+
+def read_raw_image(path: Path) -> tuple[np.ndarray, tuple[float, float] | None]:
+    """One raw image or label file as a 2D array and its (row, column) spacing (None for PNG)."""
+    if path.name.lower().endswith(".png"):
+        return grey_channel(read_png(path)), None
+    return read_nifti(path)
+
+
+@dataclass
+class RawCase:
+    images: list[Path]  # one file per channel, in channel order
+    label: Path | None  # None for unlabelled (test) images
+
+
+def training_cases(folder: Path, dataset: DatasetJson) -> dict[str, RawCase]:
+    """The training cases of a raw dataset, from the label files; images must be complete."""
+    labels_dir = folder / "labelsTr"
+    if not labels_dir.is_dir():
+        raise SDMCError(f"{labels_dir}: folder missing; is {folder} a raw dataset?")
+    cases = {}
+    for label in sorted(labels_dir.glob(f"*{dataset.file_ending}")):
+        case = label.name[: -len(dataset.file_ending)]
+        images = [folder / "imagesTr" / image_file_name(case, c, dataset.file_ending) for c in dataset.channel_names]
+        if missing := [image.name for image in images if not image.is_file()]:
+            raise SDMCError(f"{folder}: case {case} lacks {', '.join(missing)}; run sdmc_verify_dataset")
+        cases[case] = RawCase(images, label)
+    if not cases:
+        raise SDMCError(f"{labels_dir}: no label files ending in {dataset.file_ending}")
+    return cases

@@ -17,8 +17,9 @@ import numpy as np
 from tqdm import tqdm
 
 from sdmcunet import paths
-from sdmcunet.imageio import grey_channel, read_nifti, read_png
-from sdmcunet.raw_dataset import DatasetJson, find_dataset, image_file_name, label_file_name, load_dataset_json
+from sdmcunet.raw_dataset import (
+    DatasetJson, find_dataset, image_file_name, label_file_name, load_dataset_json, read_raw_image,
+)
 from sdmcunet.utils.cli import configure_logging, console_entry
 from sdmcunet.utils.errors import SDMCError
 
@@ -88,18 +89,12 @@ def _files(folder: Path, problems: list[str]) -> list[Path]:
     return sorted(path for path in folder.iterdir() if not path.name.startswith("."))
 
 
-def _read(path: Path) -> tuple[np.ndarray, tuple[float, float] | None]:
-    if path.name.lower().endswith(".png"):
-        return grey_channel(read_png(path)), None
-    return read_nifti(path)
-
-
 def _check_case(case: str, folder: Path, dataset: DatasetJson) -> list[str]:
     problems = []
     images = [folder / "imagesTr" / image_file_name(case, channel, dataset.file_ending) for channel in dataset.channel_names]
     label_path = folder / "labelsTr" / label_file_name(case, dataset.file_ending)
     try:
-        arrays = {path: _read(path) for path in [*images, label_path]}
+        arrays = {path: read_raw_image(path) for path in [*images, label_path]}
     except SDMCError as error:
         return [str(error)]
     label_map, label_spacing = arrays[label_path]
