@@ -7,6 +7,10 @@ CONSOLE_SCRIPTS = {
     "sdmc_convert_stroke2021": "sdmcunet.dataset_conversion.convert_stroke2021:main",
     "sdmc_make_synthetic": "sdmcunet.dataset_conversion.synthetic:main",
     "sdmc_verify_dataset": "sdmcunet.experiment_planning.verify_dataset:main",
+    "sdmc_extract_fingerprint": "sdmcunet.experiment_planning.fingerprint:main",
+    "sdmc_plan_experiment": "sdmcunet.experiment_planning.plan_and_preprocess:plan_main",
+    "sdmc_preprocess": "sdmcunet.experiment_planning.plan_and_preprocess:preprocess_main",
+    "sdmc_plan_and_preprocess": "sdmcunet.experiment_planning.plan_and_preprocess:main",
 }
 
 setup(

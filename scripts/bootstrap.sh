@@ -22,6 +22,11 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     # torch first, exactly pinned, so that no other package can pull a CUDA build
     pip_install -c "$repo/requirements/constraints.txt" torch
     pip_install -c "$repo/requirements/constraints.txt" -r "$repo/requirements/test.txt" -e "$repo"
+    pip_install --no-deps -r "$repo/requirements/nnunet-nodeps.txt"
+    if "$venv/bin/python" -m pip show --quiet torchvision 2>/dev/null; then
+        echo "[bootstrap] torchvision is installed and breaks diffusers with the CPU torch; removing it"
+        "$venv/bin/python" -m pip uninstall --yes --quiet torchvision
+    fi
     echo "$want" > "$stamp"
 fi
 export PATH="$venv/bin:$PATH"

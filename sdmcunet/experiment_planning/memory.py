@@ -1,0 +1,61 @@
+"""GPU memory of one training step, estimated without a GPU.
+
+The forward pass runs on PyTorch's `meta` device (shapes only, no data, no time) and the
+tensors autograd saves for backward are added up: that is the activation memory. Weights,
+gradients and Adam moments cost 16 bytes per trainable parameter, 4 per frozen one.
+"""
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+TRAINABLE_BYTES_PER_PARAMETER = 16  # fp32 weight + gradient + two Adam moments
+FROZEN_BYTES_PER_PARAMETER = 4
+AMP_ACTIVATION_FACTOR = 0.6  # most saved activations are fp16 under autocast, some stay fp32
+OVERHEAD_FACTOR = 1.25  # allocator fragmentation, cuDNN workspaces
+
+
+def on_meta(build: Callable[[], nn.Module]) -> nn.Module:
+    try:
+        with torch.device("meta"):
+            return build()
+    except (RuntimeError, NotImplementedError):  # a constructor that needs real values
+        return build().to("meta")
+
+
+def activation_bytes(module: nn.Module, *inputs: torch.Tensor) -> int:
+    """Bytes autograd keeps for backward in one forward pass of `module`."""
+    saved: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        saved[id(tensor)] = tensor.numel() * tensor.element_size()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        module(*inputs)
+    return sum(saved.values())
+
+
+def parameter_count(module: nn.Module) -> int:
+    return sum(parameter.numel() for parameter in module.parameters())
+
+
+@dataclass
+class MemoryModel:
+    """Estimated GPU bytes of a training step: fixed + batch_size * per_sample."""
+
+    fixed_bytes: int
+    per_sample_bytes: int
+
+    def gigabytes(self, batch_size: int, amp: bool = True) -> float:
+        activations = self.per_sample_bytes * batch_size * (AMP_ACTIVATION_FACTOR if amp else 1.0)
+        return OVERHEAD_FACTOR * (self.fixed_bytes + activations) / 2**30
+
+    def largest_batch(self, target_gigabytes: float, amp: bool = True) -> int:
+        """The largest batch size that fits `target_gigabytes` (0 when not even one does)."""
+        batch_size = 0
+        while self.gigabytes(batch_size + 1, amp) <= target_gigabytes:
+            batch_size += 1
+        return batch_size

@@ -1,0 +1,140 @@
+"""Plans: the single source of configuration for preprocessing, networks and training.
+
+A plans file is JSON (`preprocessed/Dataset.../<plans_name>.json`), written by a planner and
+editable by hand; `docs/plans.md` documents every field. A configuration may name another in
+`inherits_from` and override only what differs (as in nnU-Net v2).
+"""
+
+import copy
+from pathlib import Path
+
+from sdmcunet.utils.errors import SDMCError
+from sdmcunet.utils.files import atomic_write_json, read_json
+
+NORMALIZATIONS = ("min_max_per_image", "window", "z_score")
+INTERPOLATIONS = ("bilinear", "bicubic")
+FAMILIES = ("baseline", "sdmc", "mask_autoencoder")
+NETWORK_DIVISOR = 32  # five 2x downsamplings (U-Nets, Swin-UNETR) and the VAE's factor 8
+
+
+def plans_path(preprocessed_folder: Path, plans_name: str) -> Path:
+    return preprocessed_folder / f"{plans_name}.json"
+
+
+def load_plans(path: Path) -> dict:
+    if not path.is_file():
+        raise SDMCError(f"{path}: plans not found; run sdmc_plan_and_preprocess (or sdmc_plan_experiment) first")
+    plans = read_json(path)
+    validate_plans(plans, path)
+    return plans
+
+
+def save_plans(plans: dict, path: Path) -> None:
+    validate_plans(plans, path)
+    atomic_write_json(path, plans)
+
+
+def configuration(plans: dict, name: str) -> dict:
+    """A configuration with its `inherits_from` chain resolved (the child's values win)."""
+    configurations = plans["configurations"]
+    if name not in configurations:
+        raise SDMCError(f"plans {plans['plans_name']} have no configuration {name!r}; available: {', '.join(configurations)}")
+    chain, current = [], name
+    while current is not None:
+        if current in chain:
+            raise SDMCError(f"plans {plans['plans_name']}: configuration inheritance loops through {current!r}")
+        chain.append(current)
+        current = configurations[current].get("inherits_from")
+        if current is not None and current not in configurations:
+            raise SDMCError(f"plans {plans['plans_name']}: {chain[-1]!r} inherits from unknown {current!r}")
+    resolved: dict = {}
+    for link in reversed(chain):
+        resolved = _merged(resolved, {k: v for k, v in configurations[link].items() if k != "inherits_from"})
+    return resolved
+
+
+def _merged(base: dict, override: dict) -> dict:
+    result = copy.deepcopy(base)
+    for key, value in override.items():
+        result[key] = _merged(result[key], value) if isinstance(value, dict) and isinstance(result.get(key), dict) else value
+    return result
+
+
+def validate_plans(plans: dict, path: Path) -> None:
+    """Raise an SDMCError that lists every invalid field of `plans` (read from `path`)."""
+    problems: list[str] = []
+    for key in ("plans_name", "planner", "dataset_name", "num_input_channels_raw", "labels", "configurations"):
+        if key not in plans:
+            problems.append(f"missing top-level key {key!r}")
+    if not problems:
+        for name in plans["configurations"]:
+            try:
+                problems += [f"configuration {name!r}: {p}" for p in _configuration_problems(configuration(plans, name), plans)]
+            except SDMCError as error:
+                problems.append(str(error))
+    if problems:
+        raise SDMCError(f"{path}: invalid plans:\n  " + "\n  ".join(problems))
+
+
+def _configuration_problems(config: dict, plans: dict) -> list[str]:
+    problems = []
+    required = ("data_identifier", "input_channels", "image_size", "latent_size", "image_interpolation",
+                "crop_to_head", "families")
+    if missing := [key for key in required if key not in config]:
+        return [f"missing {', '.join(missing)}"]
+    size = config["image_size"]
+    if not (isinstance(size, list) and len(size) == 2 and all(isinstance(s, int) and s > 0 and s % NETWORK_DIVISOR == 0 for s in size)):
+        problems.append(f"image_size must be two positive multiples of {NETWORK_DIVISOR}, got {size}")
+    elif config["latent_size"] != [s // 8 for s in size]:
+        problems.append(f"latent_size must be image_size / 8 = {[s // 8 for s in size]}, got {config['latent_size']}")
+    if config["image_interpolation"] not in INTERPOLATIONS:
+        problems.append(f"image_interpolation must be one of {INTERPOLATIONS}")
+    if not config["input_channels"]:
+        problems.append("input_channels is empty")
+    for index, channel in enumerate(config["input_channels"]):
+        problems += [f"input_channels[{index}]: {p}" for p in _channel_problems(channel, plans["num_input_channels_raw"])]
+    for family, settings in config["families"].items():
+        if family not in FAMILIES:
+            problems.append(f"unknown family {family!r} (known: {', '.join(FAMILIES)})")
+            continue
+        problems += [f"families.{family}: {p}" for p in _family_problems(settings)]
+    return problems
+
+
+def _channel_problems(channel: dict, num_raw_channels: int) -> list[str]:
+    problems = []
+    source = channel.get("source_channel")
+    if not isinstance(source, int) or not 0 <= source < num_raw_channels:
+        problems.append(f"source_channel must be an integer in 0..{num_raw_channels - 1}, got {source}")
+    scheme = channel.get("normalization")
+    if scheme not in NORMALIZATIONS:
+        problems.append(f"normalization must be one of {NORMALIZATIONS}, got {scheme!r}")
+    elif scheme == "window":
+        window = channel.get("window")
+        if not (isinstance(window, list) and len(window) == 2 and window[0] < window[1]):
+            problems.append(f"window must be [low, high] with low < high, got {window}")
+    elif scheme == "z_score" and not (channel.get("std", 0) > 0 and "mean" in channel):
+        problems.append("z_score needs mean and a positive std")
+    return problems
+
+
+def _family_problems(settings: dict) -> list[str]:
+    problems = []
+    if not isinstance(settings.get("batch_size"), int) or settings["batch_size"] < 1:
+        problems.append(f"batch_size must be a positive integer, got {settings.get('batch_size')}")
+    schedule = settings.get("schedule", {})
+    for key in ("epochs", "iterations_per_epoch", "val_iterations"):
+        if not isinstance(schedule.get(key), int) or schedule[key] < 1:
+            problems.append(f"schedule.{key} must be a positive integer, got {schedule.get(key)}")
+    if not isinstance(schedule.get("learning_rate"), (int, float)) or not schedule["learning_rate"] > 0:
+        problems.append(f"schedule.learning_rate must be positive, got {schedule.get('learning_rate')}")
+    if not isinstance(schedule.get("warmup_iterations", 0), int) or schedule.get("warmup_iterations", 0) < 0:
+        problems.append("schedule.warmup_iterations must be a non-negative integer")
+    if not isinstance(settings.get("networks"), dict) or not settings["networks"]:
+        problems.append("networks must name at least one network size")
+    return problems
+
+
+def load_existing_plans(path: Path) -> dict | None:
+    """Plans already at `path` (to keep a user's custom configurations), or None."""
+    return read_json(path) if path.is_file() else None

@@ -1,0 +1,160 @@
+"""Network sizes and schedules the planners start from.
+
+GPU presets are the published settings (DESIGN §5-6); CPU presets are small enough to train to
+a useful result in minutes on 2 cores. Planners copy them into the plans, where users edit them.
+"""
+
+import copy
+
+import torch
+
+from sdmcunet.experiment_planning.memory import (
+    FROZEN_BYTES_PER_PARAMETER, TRAINABLE_BYTES_PER_PARAMETER, MemoryModel, activation_bytes, on_meta,
+    parameter_count,
+)
+from sdmcunet.labels import LABELS
+from sdmcunet.networks.baselines import build_baseline
+from sdmcunet.networks.latent_diffusion import LATENT_CHANNELS, build_autoencoder, build_denoiser
+
+PUBLISHED_IMAGE_SIZE = 256
+CPU_IMAGE_SIZE = 128
+
+# SDMC network sizes by name: "sd" is the published model (Stable Diffusion first stage, LDM
+# UNet of about 295M parameters), "small" fits smaller GPUs, "tiny" trains on a CPU.
+SDMC_SIZES = {
+    "sd": {
+        "autoencoder": {"ch": 128, "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "pretrained": "sd-kl-f8"},
+        "image_encoder": {"dropout": 0.2},
+        "denoiser": {"model_channels": 192, "channel_mult": [1, 2, 2, 4, 4], "num_res_blocks": 2,
+                     "attention_resolutions": [32, 16, 8, 4], "num_heads": 8, "dropout": 0.2,
+                     "pretrained": "lsun_churches256"},
+    },
+    "small": {
+        "autoencoder": {"ch": 64, "ch_mult": [1, 2, 4, 4], "num_res_blocks": 1, "pretrained": None},
+        "image_encoder": {"dropout": 0.1},
+        "denoiser": {"model_channels": 96, "channel_mult": [1, 2, 2, 4], "num_res_blocks": 2,
+                     "attention_resolutions": [8, 4], "num_heads": 4, "dropout": 0.1, "pretrained": None},
+    },
+    "tiny": {
+        "autoencoder": {"ch": 16, "ch_mult": [1, 2, 2, 4], "num_res_blocks": 1, "pretrained": None},
+        "image_encoder": {"dropout": 0.0},
+        "denoiser": {"model_channels": 32, "channel_mult": [1, 2, 4], "num_res_blocks": 1,
+                     "attention_resolutions": [4], "num_heads": 4, "dropout": 0.0, "pretrained": None},
+    },
+}
+
+GPU_SDMC_SIZE_ORDER = ("sd", "small")
+
+_DIFFUSION = {"num_train_timesteps": 1000, "beta_schedule": "scaled_linear", "beta_start": 0.0015,
+              "beta_end": 0.0155, "prediction_type": "epsilon"}
+
+_GPU = {
+    "baseline": {
+        "batch_size": 16,
+        "loss": "dice_ce",
+        "selection_metric": "IoU",
+        "schedule": {"epochs": 300, "iterations_per_epoch": 250, "val_iterations": 50, "optimizer": "adam",
+                     "learning_rate": 1.6e-4, "weight_decay": 0.0, "warmup_iterations": 0, "grad_clip": 12.0},
+        "networks": {
+            "UNet": {"features": [32, 32, 64, 128, 256, 32]},
+            "ResUNet34": {"decoder_channels": [256, 128, 64, 32, 16]},
+            "SegResNet": {"init_filters": 24},
+            "SwinUNETR": {"feature_size": 48},
+        },
+    },
+    "sdmc": {
+        "batch_size": 4,
+        "selection_metric": "Dice",
+        "schedule": {"epochs": 300, "iterations_per_epoch": 250, "val_iterations": 50, "optimizer": "adamw",
+                     "learning_rate": 4e-5, "weight_decay": 0.01, "warmup_iterations": 10000, "grad_clip": 1.0,
+                     "ema_decay": 0.9999},
+        "size_preset": "sd",
+        "networks": SDMC_SIZES["sd"],
+        "diffusion": _DIFFUSION,
+    },
+    "mask_autoencoder": {
+        "batch_size": 4,
+        "selection_metric": "Dice",
+        "schedule": {"epochs": 50, "iterations_per_epoch": 250, "val_iterations": 50, "optimizer": "adam",
+                     "adam_betas": [0.5, 0.9], "learning_rate": 1.8e-5, "weight_decay": 0.0,
+                     "warmup_iterations": 0, "grad_clip": 1.0},
+        "loss_weights": {"l1": 1.0, "kl": 1e-6, "dice": 1.0, "perceptual": 1.0, "adversarial": 0.5},
+        "discriminator_start_iteration": 50001,
+        "size_preset": "sd",
+        "networks": {"autoencoder": SDMC_SIZES["sd"]["autoencoder"]},
+    },
+}
+
+_CPU = copy.deepcopy(_GPU)
+_CPU["baseline"].update(batch_size=8)
+_CPU["baseline"]["schedule"].update(epochs=10, iterations_per_epoch=20, val_iterations=4, learning_rate=1e-3)
+_CPU["baseline"]["networks"] = {
+    "UNet": {"features": [16, 16, 32, 64, 128, 16]},
+    "ResUNet34": {"decoder_channels": [64, 32, 16, 16, 8]},
+    "SegResNet": {"init_filters": 8},
+    "SwinUNETR": {"feature_size": 12},
+}
+_CPU["sdmc"].update(batch_size=8)
+_CPU["sdmc"]["schedule"].update(epochs=10, iterations_per_epoch=20, val_iterations=4, learning_rate=5e-4,
+                                warmup_iterations=20, ema_decay=0.99)
+_CPU["mask_autoencoder"].update(batch_size=8, discriminator_start_iteration=None)
+_CPU["mask_autoencoder"]["schedule"].update(epochs=5, iterations_per_epoch=20, val_iterations=4, learning_rate=1e-3)
+_CPU["mask_autoencoder"]["loss_weights"].update(perceptual=0.0, adversarial=0.0)
+
+
+def with_sdmc_size(families: dict, size_preset: str) -> dict:
+    """`families` with the SDMC and mask autoencoder networks set to a named size."""
+    families = copy.deepcopy(families)
+    families["sdmc"].update(size_preset=size_preset, networks=copy.deepcopy(SDMC_SIZES[size_preset]))
+    families["mask_autoencoder"].update(
+        size_preset=size_preset, networks={"autoencoder": copy.deepcopy(SDMC_SIZES[size_preset]["autoencoder"])})
+    return families
+
+
+_CPU = with_sdmc_size(_CPU, "tiny")
+
+
+def gpu_families() -> dict:
+    return copy.deepcopy(_GPU)
+
+
+def cpu_families() -> dict:
+    return copy.deepcopy(_CPU)
+
+
+def memory_models(family_name: str, family: dict, in_channels: int, image_size: int) -> list[MemoryModel]:
+    """One memory model per network trained in this family (the batch must fit each)."""
+    networks = family["networks"]
+    if family_name == "baseline":
+        return [_baseline_memory(name, sizes, in_channels, image_size) for name, sizes in networks.items()]
+    if family_name == "sdmc":
+        return [_sdmc_memory(networks, image_size)]
+    return [_autoencoder_memory(networks["autoencoder"], image_size)]
+
+
+def _baseline_memory(name: str, sizes: dict, in_channels: int, image_size: int) -> MemoryModel:
+    network = on_meta(lambda: build_baseline(name, sizes, in_channels, len(LABELS)))
+    image = torch.empty(1, in_channels, image_size, image_size, device="meta")
+    return MemoryModel(TRAINABLE_BYTES_PER_PARAMETER * parameter_count(network), activation_bytes(network, image))
+
+
+def _sdmc_memory(networks: dict, image_size: int) -> MemoryModel:
+    """Trainable image encoder and denoiser (+ its EMA copy); frozen mask autoencoder."""
+    latent_size = image_size // 8
+    autoencoder = on_meta(lambda: build_autoencoder(networks["autoencoder"]))
+    denoiser = on_meta(lambda: build_denoiser(networks["denoiser"], latent_size))
+    image = torch.empty(1, 3, image_size, image_size, device="meta")
+    latents = torch.empty(1, 2 * LATENT_CHANNELS, latent_size, latent_size, device="meta")
+    timestep = torch.zeros(1, dtype=torch.long, device="meta")
+    trainable = parameter_count(autoencoder.encoder) + parameter_count(denoiser)
+    fixed = (TRAINABLE_BYTES_PER_PARAMETER * trainable + FROZEN_BYTES_PER_PARAMETER * parameter_count(denoiser)
+             + FROZEN_BYTES_PER_PARAMETER * parameter_count(autoencoder))
+    per_sample = activation_bytes(autoencoder.encoder, image) + activation_bytes(denoiser, latents, timestep)
+    return MemoryModel(fixed, per_sample)
+
+
+def _autoencoder_memory(sizes: dict, image_size: int) -> MemoryModel:
+    autoencoder = on_meta(lambda: build_autoencoder(sizes))
+    image = torch.empty(1, 3, image_size, image_size, device="meta")
+    return MemoryModel(TRAINABLE_BYTES_PER_PARAMETER * parameter_count(autoencoder),
+                       activation_bytes(lambda x: autoencoder(x).sample, image))

@@ -1,0 +1,1 @@
+"""Network builders: each takes the sizes a plans file names and returns a torch module."""
