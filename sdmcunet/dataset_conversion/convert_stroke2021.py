@@ -15,10 +15,7 @@ import shutil
 from collections import Counter
 from dataclasses import asdict
 from functools import partial
-from multiprocessing import Pool
 from pathlib import Path
-
-from tqdm import tqdm
 
 from sdmcunet import __version__, paths
 from sdmcunet.dataset_conversion.convert_slice import (
@@ -30,6 +27,7 @@ from sdmcunet.raw_dataset import dataset_folder_name, folders_with_id, make_data
 from sdmcunet.utils.cli import configure_logging, console_entry
 from sdmcunet.utils.errors import SDMCError
 from sdmcunet.utils.files import atomic_write_json, read_json
+from sdmcunet.utils.parallel import parallel_map
 
 log = logging.getLogger("sdmcunet.convert")
 RECORDS = ".cases"
@@ -106,16 +104,8 @@ def _convert_all(inventory: SourceInventory, work: Path, num_processes: int) -> 
     if records:
         log.info("%d slices already converted, %d to go", len(records), len(pending))
     convert = partial(_convert_and_record, with_dicom=inventory.has_dicom, work=work)
-    with tqdm(total=len(pending), desc="converting slices", unit="slice") as progress:
-        if num_processes > 1 and len(pending) > 1:
-            with Pool(num_processes) as pool:
-                for stem, record in pool.imap_unordered(convert, pending, chunksize=4):
-                    records[stem] = record
-                    progress.update()
-        else:
-            for stem, record in map(convert, pending):
-                records[stem] = record
-                progress.update()
+    for stem, record in parallel_map(convert, pending, num_processes, "converting slices", "slice", ordered=False):
+        records[stem] = record
     return records
 
 

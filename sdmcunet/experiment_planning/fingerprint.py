@@ -12,17 +12,16 @@ import hashlib
 import logging
 import os
 from functools import partial
-from multiprocessing import Pool
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from sdmcunet import paths
 from sdmcunet.raw_dataset import RawCase, find_dataset, load_dataset_json, read_raw_image, training_cases
 from sdmcunet.utils.cli import configure_logging, console_entry
 from sdmcunet.utils.errors import SDMCError
 from sdmcunet.utils.files import atomic_write_json, read_json
+from sdmcunet.utils.parallel import parallel_map
 
 log = logging.getLogger("sdmcunet.fingerprint")
 FOREGROUND_SAMPLES_TOTAL = 10e7  # nnU-Net v2's num_foreground_voxels_for_intensitystats
@@ -87,16 +86,7 @@ def extract_fingerprint(raw_folder: Path, output_folder: Path, num_processes: in
     dataset = load_dataset_json(raw_folder)
     cases = training_cases(raw_folder, dataset)
     analyse = partial(analyse_case, samples_per_case=int(FOREGROUND_SAMPLES_TOTAL // len(cases)))
-    with tqdm(total=len(cases), desc="extracting fingerprint", unit="case") as progress:
-        def tracked(results):
-            for result in results:
-                progress.update()
-                yield result
-        if num_processes > 1:
-            with Pool(num_processes) as pool:
-                results = list(tracked(pool.imap(analyse, cases.values(), chunksize=8)))
-        else:
-            results = list(tracked(map(analyse, cases.values())))
+    results = list(parallel_map(analyse, cases.values(), num_processes, "extracting fingerprint"))
     fingerprint = _summarise(cases, results, dataset.channel_names)
     fingerprint["raw_dataset_digest"] = digest
     output_folder.mkdir(parents=True, exist_ok=True)

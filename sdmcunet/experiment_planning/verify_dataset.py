@@ -10,11 +10,9 @@ import logging
 import os
 import re
 from functools import partial
-from multiprocessing import Pool
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from sdmcunet import paths
 from sdmcunet.raw_dataset import (
@@ -22,6 +20,7 @@ from sdmcunet.raw_dataset import (
 )
 from sdmcunet.utils.cli import configure_logging, console_entry
 from sdmcunet.utils.errors import SDMCError
+from sdmcunet.utils.parallel import parallel_map
 
 log = logging.getLogger("sdmcunet.verify")
 SPACING_TOLERANCE = 1e-3
@@ -32,16 +31,8 @@ def verify_dataset(folder: Path, num_processes: int = 1) -> list[str]:
     dataset = load_dataset_json(folder)
     problems, cases = _check_file_names(folder, dataset)
     check = partial(_check_case, folder=folder, dataset=dataset)
-    with tqdm(total=len(cases), desc="verifying cases", unit="case") as progress:
-        if num_processes > 1 and len(cases) > 1:
-            with Pool(num_processes) as pool:
-                for case_problems in pool.imap(check, cases, chunksize=8):
-                    problems.extend(case_problems)
-                    progress.update()
-        else:
-            for case in cases:
-                problems.extend(check(case))
-                progress.update()
+    for case_problems in parallel_map(check, cases, num_processes, "verifying cases"):
+        problems.extend(case_problems)
     return problems
 
 

@@ -13,17 +13,16 @@ import json
 import logging
 import shutil
 from functools import partial
-from multiprocessing import Pool
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from sdmcunet.preprocessing.geometry import head_box, image_to_network, label_to_network, plan_geometry
 from sdmcunet.preprocessing.normalization import normalise
 from sdmcunet.raw_dataset import RawCase, read_raw_image
 from sdmcunet.utils.errors import SDMCError
 from sdmcunet.utils.files import atomic_path, atomic_write_json, read_json
+from sdmcunet.utils.parallel import parallel_map
 
 log = logging.getLogger("sdmcunet.preprocess")
 LOCATIONS_PER_CLASS = 1000
@@ -110,15 +109,8 @@ def preprocess_dataset(cases: dict[str, RawCase], output: Path, gt_folder: Path,
     log.info("%d cases to preprocess, %d up to date", len(pending), len(cases) - len(pending))
     work = partial(_process_and_save, output=output, configuration=configuration, channel_names=channel_names,
                    num_classes=num_classes, key=key)
-    with tqdm(total=len(pending), desc="preprocessing", unit="case") as progress:
-        if num_processes > 1 and len(pending) > 1:
-            with Pool(num_processes) as pool:
-                for _ in pool.imap_unordered(work, pending, chunksize=4):
-                    progress.update()
-        else:
-            for item in pending:
-                work(item)
-                progress.update()
+    for _ in parallel_map(work, pending, num_processes, "preprocessing", ordered=False):
+        pass
     return len(pending)
 
 

@@ -1,0 +1,33 @@
+"""One way to run a function over many cases: worker processes, a progress bar, no surprises."""
+
+from multiprocessing import Pool
+from typing import Callable, Iterable, Iterator, TypeVar
+
+from tqdm import tqdm
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+def parallel_map(function: Callable[[Item], Result], items: Iterable[Item], num_processes: int, description: str,
+                 unit: str = "case", ordered: bool = True) -> Iterator[Result]:
+    """Yield `function(item)` for every item, in `num_processes` worker processes when more than one.
+
+    With `ordered=False` results come as they finish (for work that records its own results).
+    `function` must be picklable (a module-level function or a functools.partial of one).
+    """
+    items = list(items)
+    with tqdm(total=len(items), desc=description, unit=unit) as progress:
+        if num_processes > 1 and len(items) > 1:
+            processes = min(num_processes, len(items))
+            chunk_size = max(1, min(8, len(items) // (4 * processes)))
+            with Pool(processes) as pool:
+                mapper = pool.imap if ordered else pool.imap_unordered
+                for result in mapper(function, items, chunksize=chunk_size):
+                    progress.update()
+                    yield result
+        else:
+            for item in items:
+                result = function(item)
+                progress.update()
+                yield result
