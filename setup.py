@@ -35,6 +35,7 @@ setup(
         "monai>=1.3",
         "tqdm>=4.60",
         "matplotlib>=3.6",
+        "pillow>=9.0",
     ],
     extras_require={
         # decoders for compressed DICOM transfer syntaxes (JPEG, JPEG-LS, JPEG 2000)
