@@ -260,6 +260,19 @@ def test_holdout_moves_whole_patients_once(dirs, tmp_path):
     assert move_holdout(copy, 0.3) == held_out and len(list((copy / "labelsTr").iterdir())) == len(remaining)
 
 
+def test_a_dataset_failing_verification_stops_planning_before_anything_is_written(dirs, monkeypatch, capsys, tmp_path):
+    raw, _ = dirs
+    broken = tmp_path / "raw" / RAW_NAME
+    shutil.copytree(raw, broken)
+    next((broken / "imagesTr").glob("*_0001.nii.gz")).unlink()
+    monkeypatch.setenv("SDMC_raw", str(tmp_path / "raw"))
+    monkeypatch.setenv("SDMC_preprocessed", str(tmp_path / "preprocessed"))
+    assert pp.main(["-d", "2021", "-np", "1"]) == 2
+    error = capsys.readouterr().err
+    assert "failed verification" in error and "channel file(s) [1] missing" in error and "numTraining" not in error
+    assert not (tmp_path / "preprocessed").exists()
+
+
 def test_bad_input_gives_clear_errors(dirs, monkeypatch, capsys, tmp_path):
     raw, preprocessed = dirs
     assert pp.main(["-d", "999"]) == 2

@@ -94,15 +94,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sdmc_plan_and_preprocess", description=__doc__.splitlines()[0])
     _add_common(parser)
     _add_planning(parser)
-    parser.add_argument("--verify_dataset_integrity", action="store_true", help="verify the raw dataset first")
+    parser.add_argument("--verify_dataset_integrity", action="store_true",
+                        help="also read every raw image and label to verify them (file sets are always checked)")
     parser.add_argument("--holdout_fraction", type=float, default=None,
                         help="move this fraction of the patients to imagesTs/labelsTs first (once)")
     parser.add_argument("--clean", action="store_true", help="recompute the fingerprint even if up to date")
     args = parser.parse_args(argv)
     configure_logging()
     raw_folder, preprocessed_folder = dataset_folders(args.dataset_id)
-    if args.verify_dataset_integrity:
-        verify_or_raise(raw_folder, args.num_processes)
+    # The file sets are always checked (cheap); reading every image only on request, as in nnU-Net.
+    verify_or_raise(raw_folder, args.num_processes, read_images=args.verify_dataset_integrity)
     if args.holdout_fraction is not None:
         held_out = move_holdout(raw_folder, args.holdout_fraction)
         log.info("%d cases are held out in imagesTs/labelsTs", len(held_out))

@@ -26,10 +26,15 @@ log = logging.getLogger("sdmcunet.verify")
 SPACING_TOLERANCE = 1e-3
 
 
-def verify_dataset(folder: Path, num_processes: int = 1) -> list[str]:
-    """Every problem found in the raw dataset `folder` (an empty list when it is valid)."""
+def verify_dataset(folder: Path, num_processes: int = 1, read_images: bool = True) -> list[str]:
+    """Every problem found in the raw dataset `folder` (an empty list when it is valid).
+
+    Without `read_images` only the file sets are checked (fast: nothing is read).
+    """
     dataset = load_dataset_json(folder)
     problems, cases = _check_file_names(folder, dataset)
+    if not read_images:
+        return problems
     check = partial(_check_case, folder=folder, dataset=dataset)
     for case_problems in parallel_map(check, cases, num_processes, "verifying cases"):
         problems.extend(case_problems)
@@ -103,12 +108,12 @@ def _check_case(case: str, folder: Path, dataset: DatasetJson) -> list[str]:
     return problems
 
 
-def verify_or_raise(folder: Path, num_processes: int = 1) -> None:
+def verify_or_raise(folder: Path, num_processes: int = 1, read_images: bool = True) -> None:
     """Raise an SDMCError listing every problem of the dataset, if it has any."""
-    problems = verify_dataset(folder, num_processes)
+    problems = verify_dataset(folder, num_processes, read_images)
     if problems:
         listing = "\n  ".join(problems)
-        raise SDMCError(f"{folder} failed verification ({len(problems)} problem(s)):\n  {listing}")
+        raise SDMCError(f"{folder} failed verification ({len(problems)} problem(s)); fix these and run again:\n  {listing}")
 
 
 @console_entry
