@@ -11,6 +11,7 @@ CONSOLE_SCRIPTS = {
     "sdmc_plan_experiment": "sdmcunet.experiment_planning.plan_and_preprocess:plan_main",
     "sdmc_preprocess": "sdmcunet.experiment_planning.plan_and_preprocess:preprocess_main",
     "sdmc_plan_and_preprocess": "sdmcunet.experiment_planning.plan_and_preprocess:main",
+    "sdmc_train": "sdmcunet.training.run_training:main",
 }
 
 setup(

@@ -43,7 +43,8 @@ def find_dataset(root: Path, dataset_id: int) -> Path:
     if not matches:
         raise SDMCError(
             f"no dataset with id {dataset_id} in {root} (expected a folder Dataset{dataset_id:03d}_<Name>); "
-            f"convert one with sdmc_convert_stroke2021 or set SDMC_raw"
+            f"make it with sdmc_convert_stroke2021 then sdmc_plan_and_preprocess, or point SDMC_raw / "
+            f"SDMC_preprocessed to where it is"
         )
     if len(matches) > 1:
         raise SDMCError(f"dataset id {dataset_id} is ambiguous in {root}: {', '.join(m.name for m in matches)}")

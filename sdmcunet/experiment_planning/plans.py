@@ -14,6 +14,8 @@ from sdmcunet.utils.files import atomic_write_json, read_json
 NORMALIZATIONS = ("min_max_per_image", "window", "z_score")
 INTERPOLATIONS = ("bilinear", "bicubic")
 FAMILIES = ("baseline", "sdmc", "mask_autoencoder")
+LR_DECAYS = ("constant", "poly")
+OPTIMIZERS = ("adam", "adamw")
 NETWORK_DIVISOR = 32  # five 2x downsamplings (U-Nets, Swin-UNETR) and the VAE's factor 8
 
 
@@ -130,6 +132,10 @@ def _family_problems(settings: dict) -> list[str]:
         problems.append(f"schedule.learning_rate must be positive, got {schedule.get('learning_rate')}")
     if not isinstance(schedule.get("warmup_iterations", 0), int) or schedule.get("warmup_iterations", 0) < 0:
         problems.append("schedule.warmup_iterations must be a non-negative integer")
+    if schedule.get("lr_decay", "constant") not in LR_DECAYS:
+        problems.append(f"schedule.lr_decay must be one of {LR_DECAYS}")
+    if schedule.get("optimizer") not in OPTIMIZERS:
+        problems.append(f"schedule.optimizer must be one of {OPTIMIZERS}")
     if not isinstance(settings.get("networks"), dict) or not settings["networks"]:
         problems.append("networks must name at least one network size")
     return problems

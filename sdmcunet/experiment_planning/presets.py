@@ -54,10 +54,11 @@ _GPU = {
         "loss": "dice_ce",
         "selection_metric": "IoU",
         "schedule": {"epochs": 300, "iterations_per_epoch": 250, "val_iterations": 50, "optimizer": "adam",
-                     "learning_rate": 1.6e-4, "weight_decay": 0.0, "warmup_iterations": 0, "grad_clip": 12.0},
+                     "learning_rate": 1.6e-4, "weight_decay": 0.0, "warmup_iterations": 0, "lr_decay": "constant",
+                     "grad_clip": 12.0},
         "networks": {
             "UNet": {"features": [32, 32, 64, 128, 256, 32]},
-            "ResUNet34": {"decoder_channels": [256, 128, 64, 32, 16]},
+            "ResUNet34": {"decoder_channels": [256, 128, 64, 32, 16], "encoder_weights": None},
             "SegResNet": {"init_filters": 24},
             "SwinUNETR": {"feature_size": 48},
         },
@@ -66,7 +67,8 @@ _GPU = {
         "batch_size": 4,
         "selection_metric": "Dice",
         "schedule": {"epochs": 300, "iterations_per_epoch": 250, "val_iterations": 50, "optimizer": "adamw",
-                     "learning_rate": 4e-5, "weight_decay": 0.01, "warmup_iterations": 10000, "grad_clip": 1.0,
+                     "learning_rate": 4e-5, "weight_decay": 0.01, "warmup_iterations": 10000, "lr_decay": "constant",
+                     "grad_clip": 1.0,
                      "ema_decay": 0.9999},
         "size_preset": "sd",
         "networks": SDMC_SIZES["sd"],
@@ -77,7 +79,7 @@ _GPU = {
         "selection_metric": "Dice",
         "schedule": {"epochs": 50, "iterations_per_epoch": 250, "val_iterations": 50, "optimizer": "adam",
                      "adam_betas": [0.5, 0.9], "learning_rate": 1.8e-5, "weight_decay": 0.0,
-                     "warmup_iterations": 0, "grad_clip": 1.0},
+                     "warmup_iterations": 0, "lr_decay": "constant", "grad_clip": 1.0},
         "loss_weights": {"l1": 1.0, "kl": 1e-6, "dice": 1.0, "perceptual": 1.0, "adversarial": 0.5},
         "discriminator_start_iteration": 50001,
         "size_preset": "sd",
@@ -87,18 +89,20 @@ _GPU = {
 
 _CPU = copy.deepcopy(_GPU)
 _CPU["baseline"].update(batch_size=8)
-_CPU["baseline"]["schedule"].update(epochs=10, iterations_per_epoch=20, val_iterations=4, learning_rate=1e-3)
+_CPU["baseline"]["schedule"].update(epochs=10, iterations_per_epoch=20, val_iterations=4, learning_rate=1e-3,
+                                    lr_decay="poly")
 _CPU["baseline"]["networks"] = {
     "UNet": {"features": [16, 16, 32, 64, 128, 16]},
-    "ResUNet34": {"decoder_channels": [64, 32, 16, 16, 8]},
+    "ResUNet34": {"decoder_channels": [64, 32, 16, 16, 8], "encoder_weights": None},
     "SegResNet": {"init_filters": 8},
     "SwinUNETR": {"feature_size": 12},
 }
 _CPU["sdmc"].update(batch_size=8)
 _CPU["sdmc"]["schedule"].update(epochs=10, iterations_per_epoch=20, val_iterations=4, learning_rate=5e-4,
-                                warmup_iterations=20, ema_decay=0.99)
+                                warmup_iterations=20, ema_decay=0.99, lr_decay="poly")
 _CPU["mask_autoencoder"].update(batch_size=8, discriminator_start_iteration=None)
-_CPU["mask_autoencoder"]["schedule"].update(epochs=5, iterations_per_epoch=20, val_iterations=4, learning_rate=1e-3)
+_CPU["mask_autoencoder"]["schedule"].update(epochs=5, iterations_per_epoch=20, val_iterations=4, learning_rate=1e-3,
+                                            lr_decay="poly")
 _CPU["mask_autoencoder"]["loss_weights"].update(perceptual=0.0, adversarial=0.0)
 
 

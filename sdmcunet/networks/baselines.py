@@ -1,5 +1,6 @@
 """The four baseline segmentation networks (DESIGN §6), built from MONAI with plan sizes."""
 
+from pathlib import Path
 from typing import Callable
 
 from torch import nn
@@ -13,12 +14,38 @@ def _unet(in_channels: int, num_classes: int, features: list[int]) -> nn.Module:
     return BasicUNet(spatial_dims=2, in_channels=in_channels, out_channels=num_classes, features=tuple(features))
 
 
-def _resunet34(in_channels: int, num_classes: int, decoder_channels: list[int]) -> nn.Module:
+def _resunet34(in_channels: int, num_classes: int, decoder_channels: list[int],
+               encoder_weights: str | None = None) -> nn.Module:
     from monai.networks.nets import FlexibleUNet
 
-    # pretrained=False: weights are loaded from a local file by the trainer, never downloaded
-    return FlexibleUNet(in_channels, num_classes, backbone="resnet34", pretrained=False,
-                        decoder_channels=tuple(decoder_channels), spatial_dims=2)
+    # pretrained=False: MONAI would download; pretrained weights come from a local file instead
+    network = FlexibleUNet(in_channels, num_classes, backbone="resnet34", pretrained=False,
+                           decoder_channels=tuple(decoder_channels), spatial_dims=2)
+    if encoder_weights:
+        load_encoder_weights(network.encoder, Path(encoder_weights))
+    return network
+
+
+def load_encoder_weights(encoder: nn.Module, path: Path) -> None:
+    """Load ResNet-34 weights (torchvision key layout, e.g. ImageNet) from a local file.
+
+    The classifier (`fc.*`) is dropped; a first convolution trained on RGB is summed over its
+    input channels when the network takes another number of channels.
+    """
+    from sdmcunet.utils.safe_load import load_tensor_dict
+
+    weights = {key.removeprefix("module.").removeprefix("encoder."): value
+               for key, value in load_tensor_dict(path).items() if not key.startswith("fc.")}
+    own = encoder.state_dict()
+    if "conv1.weight" in weights and weights["conv1.weight"].shape[1] != own["conv1.weight"].shape[1]:
+        summed = weights["conv1.weight"].sum(dim=1, keepdim=True)
+        weights["conv1.weight"] = summed.repeat(1, own["conv1.weight"].shape[1], 1, 1) / own["conv1.weight"].shape[1]
+    mismatched = [key for key, value in weights.items() if key in own and own[key].shape != value.shape]
+    unknown = [key for key in weights if key not in own]
+    if mismatched or unknown or not weights:
+        raise SDMCError(f"{path}: not ResNet-34 encoder weights; mismatched shapes: {mismatched[:5]}, "
+                        f"unknown keys: {unknown[:5]}")
+    encoder.load_state_dict(weights, strict=False)
 
 
 def _segresnet(in_channels: int, num_classes: int, init_filters: int) -> nn.Module:

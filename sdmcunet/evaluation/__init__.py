@@ -1,0 +1,1 @@
+"""Evaluation of segmentations: the Stroke2021 protocol and nnU-Net-style metrics."""

@@ -1,0 +1,1 @@
+"""Inference: predicting label maps (and probabilities) in the original geometry."""

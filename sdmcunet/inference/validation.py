@@ -1,0 +1,48 @@
+"""A fold's final validation: predict every validation case, map back, score, write summary.json."""
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sdmcunet.evaluation.metrics import summarise_cases, write_summary
+from sdmcunet.imageio import write_image
+from sdmcunet.preprocessing.geometry import Geometry, probabilities_to_original
+from sdmcunet.raw_dataset import load_dataset_json, read_raw_image
+from sdmcunet.training.data_loading import PreprocessedCases
+from sdmcunet.utils.files import atomic_path
+
+log = logging.getLogger("sdmcunet.validation")
+
+
+@torch.no_grad()
+def validate_fold(trainer, save_probabilities: bool = False, batch_size: int = 8) -> Path:
+    """Predict the fold's validation cases with `trainer`'s current weights; returns summary.json."""
+    _, val_cases = trainer.split()
+    folder = trainer.preprocessed_folder / trainer.config["data_identifier"]
+    cases = PreprocessedCases(folder, val_cases)
+    file_ending = load_dataset_json(trainer.preprocessed_folder).file_ending
+    output = trainer.output_folder / "validation"
+    output.mkdir(parents=True, exist_ok=True)
+    trainer.network.eval()
+    scored = {}
+    for start in range(0, len(val_cases), batch_size):
+        names = val_cases[start:start + batch_size]
+        images = torch.from_numpy(np.stack([cases.image(name) for name in names]).astype(np.float32)).to(trainer.device)
+        with torch.autocast(trainer.device.type, enabled=trainer.device.type == "cuda"):
+            probabilities = trainer.predict_probabilities(images).float().cpu().numpy()
+        for name, case_probabilities in zip(names, probabilities):
+            geometry = Geometry.from_json(cases.properties[name]["geometry"])
+            original = probabilities_to_original(case_probabilities, geometry)
+            label_map = original.argmax(0).astype(np.uint8)
+            reference, spacing = read_raw_image(trainer.preprocessed_folder / "gt_segmentations" / f"{name}{file_ending}")
+            write_image(label_map, output / f"{name}{file_ending}", spacing or (1.0, 1.0))
+            if save_probabilities:
+                with atomic_path(output / f"{name}.npz") as temporary:
+                    np.savez_compressed(temporary, probabilities=original.astype(np.float16))
+            scored[name] = (label_map, reference, spacing or (1.0, 1.0))
+    summary_path = output / "summary.json"
+    write_summary(summary_path, summarise_cases(scored))
+    log.info("validation of fold %s: %s", trainer.fold, summary_path)
+    return summary_path

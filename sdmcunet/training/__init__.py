@@ -1,0 +1,1 @@
+"""Training: data loading, augmentation, checkpoints, progress, and the trainers."""

@@ -1,0 +1,13 @@
+"""The trainer registry: built-in trainers by name, plus users' own.
+
+Users add trainers without editing the package: a `sdmcunet.trainers` entry point in their
+package (`MyTrainer = mypackage.trainers:MyTrainer`), or `-tr mypackage.trainers:MyTrainer`.
+"""
+
+from sdmcunet.training.trainers.base import Trainer
+from sdmcunet.training.trainers.baselines import ResUNet34Trainer, SegResNetTrainer, SwinUNETRTrainer, UNetTrainer
+from sdmcunet.utils.registry import Registry
+
+TRAINERS: Registry[Trainer] = Registry("trainer", "sdmcunet.trainers")
+for _trainer in (UNetTrainer, ResUNet34Trainer, SegResNetTrainer, SwinUNETRTrainer):
+    TRAINERS.register(_trainer)

@@ -1,0 +1,289 @@
+"""The trainer every model runs on: plans in, checkpoints, progress and validation out.
+
+Subclasses change only what differs: `build_network`, `compute_loss`, and for models that do
+not output class logits directly (SDMC), `predict_probabilities`. Everything else (data,
+schedule, AMP, clipping, DDP, checkpoints, resume, logging, validation) lives here.
+"""
+
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from batchgenerators.dataloading.multi_threaded_augmenter import MultiThreadedAugmenter
+from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
+from torch import nn
+from tqdm import tqdm
+
+from sdmcunet.experiment_planning.plans import configuration
+from sdmcunet.experiment_planning.splits import SPLITS_FILE
+from sdmcunet.training.augmentation import training_transforms
+from sdmcunet.training.checkpoints import load_checkpoint, save_checkpoint
+from sdmcunet.training.data_loading import PreprocessedCases, TrainingBatches, validation_batches
+from sdmcunet.training.distributed import DistributedContext, all_reduce_sum, init_distributed
+from sdmcunet.training.model_folder import fold_folder, model_folder, write_model_description
+from sdmcunet.training.progress import TrainingHistory
+from sdmcunet.utils.errors import SDMCError
+from sdmcunet.utils.files import read_json
+
+log = logging.getLogger("sdmcunet.training")
+
+
+class Trainer:
+    family = "baseline"  # the plans family with this trainer's sizes, batch size and schedule
+
+    def __init__(self, plans: dict, configuration_name: str, fold: int | str, preprocessed_folder: Path,
+                 device: str = "cpu", epochs: int | None = None, iterations_per_epoch: int | None = None,
+                 num_loader_workers: int = 0, seed: int = 12345):
+        self.plans, self.configuration_name, self.fold = plans, configuration_name, fold
+        self.config = configuration(plans, configuration_name)
+        if self.family not in self.config["families"]:
+            raise SDMCError(f"the plans' configuration {configuration_name!r} have no '{self.family}' family")
+        self.settings = self.config["families"][self.family]
+        self.schedule = dict(self.settings["schedule"])
+        if epochs is not None:
+            self.schedule["epochs"] = epochs
+        if iterations_per_epoch is not None:
+            self.schedule["iterations_per_epoch"] = iterations_per_epoch
+        self.preprocessed_folder = preprocessed_folder
+        self.device = torch.device(device)
+        self.distributed: DistributedContext = init_distributed(self.device.type)
+        if self.device.type == "cuda" and self.distributed.enabled:
+            self.device = torch.device("cuda", self.distributed.local_rank)
+        self.num_loader_workers, self.seed = num_loader_workers, seed
+        self.num_classes = len(plans["labels"])
+        self.class_names = [name for name, value in sorted(plans["labels"].items(), key=lambda item: item[1])][1:]
+        self.in_channels = len(self.config["input_channels"])
+        self.model_folder = model_folder(plans["dataset_name"], type(self).__name__, plans["plans_name"], configuration_name)
+        self.output_folder = fold_folder(self.model_folder, fold)
+        self.history = TrainingHistory()
+        self.epoch = self.iteration = 0
+        self.best_selection = -math.inf
+        self.network: nn.Module | None = None
+
+    # --- what subclasses change -------------------------------------------------------------
+    def build_network(self) -> nn.Module:
+        raise NotImplementedError
+
+    def compute_loss(self, batch: dict) -> torch.Tensor:
+        raise NotImplementedError
+
+    def predict_probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) inputs -> (B, classes, H, W) class probabilities."""
+        return torch.softmax(self.network(images), dim=1)
+
+    def extra_state(self) -> dict:
+        """Further tensors a subclass keeps in checkpoints (e.g. an EMA copy)."""
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        pass
+
+    # --- set-up --------------------------------------------------------------------------------
+    def initialize(self) -> None:
+        torch.manual_seed(self.seed)
+        self.network = self.build_network().to(self.device)
+        if self.device.type == "cuda":
+            self.network = self.network.to(memory_format=torch.channels_last)
+        if self.distributed.enabled:
+            self.network = nn.parallel.DistributedDataParallel(
+                self.network, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.optimizer = self.build_optimizer()
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.learning_rate_factor)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda")
+
+    @property
+    def module(self) -> nn.Module:
+        """The network without its DDP wrapper."""
+        return self.network.module if isinstance(self.network, nn.parallel.DistributedDataParallel) else self.network
+
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        schedule = self.schedule
+        parameters = [p for p in self.network.parameters() if p.requires_grad]
+        if schedule["optimizer"] == "adamw":
+            return torch.optim.AdamW(parameters, lr=schedule["learning_rate"], weight_decay=schedule["weight_decay"])
+        betas = tuple(schedule.get("adam_betas", (0.9, 0.999)))
+        return torch.optim.Adam(parameters, lr=schedule["learning_rate"], betas=betas, weight_decay=schedule["weight_decay"])
+
+    def learning_rate_factor(self, step: int) -> float:
+        """Linear warm-up, then constant or polynomial decay, as the schedule says."""
+        warmup = self.schedule.get("warmup_iterations", 0)
+        if step < warmup:
+            return (step + 1) / warmup
+        if self.schedule.get("lr_decay", "constant") == "poly":
+            total = self.schedule["epochs"] * self.schedule["iterations_per_epoch"]
+            return max(0.0, 1 - (step - warmup) / max(1, total - warmup)) ** 0.9
+        return 1.0
+
+    def split(self) -> tuple[list[str], list[str]]:
+        cases = read_json(self.preprocessed_folder / "dataset_fingerprint.json")["cases"]
+        if self.fold == "all":
+            return cases, cases
+        splits_path = self.preprocessed_folder / SPLITS_FILE
+        if not splits_path.is_file():
+            raise SDMCError(f"{splits_path} missing; run sdmc_plan_and_preprocess, or train fold 'all'")
+        splits = read_json(splits_path)
+        if not 0 <= int(self.fold) < len(splits):
+            raise SDMCError(f"fold {self.fold} does not exist: {splits_path} has folds 0..{len(splits) - 1} (or 'all')")
+        return splits[int(self.fold)]["train"], splits[int(self.fold)]["val"]
+
+    # --- checkpoints --------------------------------------------------------------------------
+    def checkpoint_path(self, kind: str) -> Path:
+        return self.output_folder / f"checkpoint_{kind}.pth"
+
+    def save(self, kind: str) -> None:
+        if not self.distributed.is_main:
+            return
+        save_checkpoint(self.checkpoint_path(kind), {
+            "trainer": type(self).__name__, "plans_name": self.plans["plans_name"],
+            "configuration": self.configuration_name, "fold": str(self.fold),
+            "epoch": self.epoch, "iteration": self.iteration, "best_selection": self.best_selection,
+            "network": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+            "torch_rng": torch.get_rng_state(), "history": self.history.to_state(), "extra": self.extra_state(),
+            "started_from_pretrained": self.started_from_pretrained(),
+        })
+
+    def load(self, path: Path, weights_only: bool = False) -> None:
+        state = load_checkpoint(path, type(self).__name__)
+        self.module.load_state_dict(state["network"])
+        self.load_extra_state(state.get("extra", {}))
+        if weights_only:
+            return
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["torch_rng"])
+        self.epoch, self.iteration, self.best_selection = state["epoch"], state["iteration"], state["best_selection"]
+        self.history = TrainingHistory.from_state(state["history"])
+
+    def started_from_pretrained(self) -> bool:
+        return False
+
+    # --- training ----------------------------------------------------------------------------
+    def run_training(self, resume: bool = False) -> None:
+        self.initialize()
+        self.output_folder.mkdir(parents=True, exist_ok=True)
+        self._attach_log_file()
+        if self.distributed.is_main:
+            write_model_description(self.model_folder, self.preprocessed_folder, self.plans)
+        if resume:
+            self._resume()
+        train_cases, val_cases = self.split()
+        folder = self.preprocessed_folder / self.config["data_identifier"]
+        train_data, val_data = PreprocessedCases(folder, train_cases), PreprocessedCases(folder, val_cases)
+        batches = self._training_batches(train_data)
+        try:
+            while self.epoch < self.schedule["epochs"]:
+                self._train_epoch(batches, val_data)
+        finally:
+            if isinstance(batches, MultiThreadedAugmenter):
+                batches._finish()
+        self.save("final")
+        self.checkpoint_path("latest").unlink(missing_ok=True)
+        log.info("training finished after %d epochs", self.epoch)
+
+    def _resume(self) -> None:
+        for kind in ("latest", "final"):
+            if self.checkpoint_path(kind).is_file():
+                self.load(self.checkpoint_path(kind))
+                log.info("resuming from %s at epoch %d", self.checkpoint_path(kind).name, self.epoch)
+                return
+        log.warning("no checkpoint in %s: starting from scratch", self.output_folder)
+
+    def _training_batches(self, cases: PreprocessedCases):
+        loader = TrainingBatches(cases, self.distributed.share_of(self.settings["batch_size"]), self.seed,
+                                 first_batch=self.iteration, num_workers=max(1, self.num_loader_workers),
+                                 rank=self.distributed.rank)
+        transforms = training_transforms(self.config["image_size"])
+        if self.num_loader_workers == 0:
+            return SingleThreadedAugmenter(loader, transforms)
+        return MultiThreadedAugmenter(loader, transforms, self.num_loader_workers, num_cached_per_queue=4,
+                                      pin_memory=self.device.type == "cuda")
+
+    def _train_epoch(self, batches, val_data: PreprocessedCases) -> None:
+        start = time.time()
+        self.network.train()
+        losses = []
+        progress = tqdm(range(self.schedule["iterations_per_epoch"]), desc=f"epoch {self.epoch}",
+                        disable=not self.distributed.is_main, leave=False)
+        for _ in progress:
+            losses.append(self.train_step(next(batches)))
+            progress.set_postfix(loss=f"{losses[-1]:.4f}")
+        learning_rate = self.optimizer.param_groups[0]["lr"]
+        val_loss, dice, selection = self.validate_epoch(val_data)
+        self.epoch += 1
+        self.history.train_loss.append(float(np.mean(losses)))
+        self.history.val_loss.append(val_loss)
+        self.history.val_dice.append(dice)
+        self.history.val_selection.append(selection)
+        self.history.learning_rate.append(learning_rate)
+        self.history.epoch_seconds.append(time.time() - start)
+        log.info("epoch %d: train loss %.4f, validation loss %.4f, Dice %s, %s %.4f, %.1f s", self.epoch,
+                 self.history.train_loss[-1], val_loss, [round(d, 4) for d in dice],
+                 self.settings["selection_metric"], selection, self.history.epoch_seconds[-1])
+        if selection > self.best_selection:
+            self.best_selection = selection
+            self.save("best")
+        self.save("latest")
+        if self.distributed.is_main:
+            self.history.plot(self.output_folder / "progress.png", self.class_names, self.settings["selection_metric"])
+
+    def train_step(self, batch: dict) -> float:
+        batch = {key: value.to(self.device, non_blocking=True) if torch.is_tensor(value) else value
+                 for key, value in batch.items()}
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
+            loss = self.compute_loss(batch)
+        if not torch.isfinite(loss):
+            last = self.checkpoint_path("latest")
+            raise SDMCError(
+                f"the loss became {loss.item()} at epoch {self.epoch}, iteration {self.iteration}; training stopped. "
+                f"The last good checkpoint is {last if last.is_file() else 'none yet'}; lower the learning rate "
+                f"in the plans and resume with --c"
+            )
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        nn.utils.clip_grad_norm_(self.network.parameters(), self.schedule["grad_clip"])
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.after_step()
+        self.iteration += 1
+        return loss.item()
+
+    def after_step(self) -> None:
+        """Called after every optimiser step (e.g. to update an EMA)."""
+
+    @torch.no_grad()
+    def validate_epoch(self, cases: PreprocessedCases) -> tuple[float, list[float], float]:
+        """Loss, Dice per class and the selection metric over the planned validation batches."""
+        self.network.eval()
+        counts = torch.zeros(3, self.num_classes - 1, dtype=torch.float64)  # TP, FP, FN per lesion class
+        total_loss, n_batches = 0.0, self.schedule["val_iterations"]
+        batch_size = self.distributed.share_of(self.settings["batch_size"])
+        start = self.distributed.rank * n_batches * batch_size
+        for batch in validation_batches(cases, batch_size, n_batches, start):
+            images = torch.from_numpy(batch["data"]).to(self.device)
+            labels = torch.from_numpy(batch["seg"]).to(self.device)
+            with torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
+                total_loss += self.compute_loss({"data": images, "seg": labels}).item()
+                predicted = self.predict_probabilities(images).argmax(1)
+            reference = labels[:, 0].long()
+            for index, label in enumerate(range(1, self.num_classes)):
+                p, g = predicted == label, reference == label
+                counts[:, index] += torch.stack([(p & g).sum(), (p & ~g).sum(), (~p & g).sum()]).double().cpu()
+        counts = all_reduce_sum(counts.to(self.device), self.distributed).cpu()
+        tp, fp, fn = counts
+        dice = (2 * tp / torch.clamp(2 * tp + fp + fn, min=1)).tolist()
+        iou = (tp / torch.clamp(tp + fp + fn, min=1)).tolist()
+        selection = float(np.mean(iou if self.settings["selection_metric"] == "IoU" else dice))
+        return total_loss / n_batches, dice, selection
+
+    def _attach_log_file(self) -> None:
+        if self.distributed.is_main:
+            handler = logging.FileHandler(self.output_folder / "training_log.txt")
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+            logging.getLogger("sdmcunet").addHandler(handler)
