@@ -4,7 +4,7 @@ A patient is an ellipsoidal head cut by a few consecutive axial slices. Every ra
 comes from a seeded generator, so a slice is a pure function of (seed, patient, slice).
 
 The image is built to make lesion segmentation a learning problem rather than a threshold:
-ischemic lesions (6 to 15 HU below the parenchyma, soft edges) overlap white matter, sulci
+ischemic lesions (10 to 20 HU below the parenchyma, softened edges) overlap white matter, sulci
 and noisy grey matter in HU; hemorrhages (25 to 50 HU above it) overlap the falx, choroid
 plexus and pineal calcifications, the skull's partial-volume edge and the beam-hardening
 brightening under the skull. A smooth inhomogeneity and correlated noise (sigma 4 to 8 HU)
@@ -221,7 +221,8 @@ def _draw_lesion(rng: np.random.Generator, label: int, side: int, level_mm: floa
     radius_mm = np.exp(rng.uniform(np.log(2.5), np.log(30.0 if label == ISCHEMIC else 22.0)))
     lobes = tuple(_draw_lobe(rng, radius_mm, first=n == 0) for n in range(rng.integers(1, 4)))
     if label == ISCHEMIC:
-        return Lesion(label, side, centre_mm, lobes, -rng.uniform(6, 15), edge_softness=0.45)
+        # established infarcts: clearly hypodense, moderately sharp borders (early ones are subtler)
+        return Lesion(label, side, centre_mm, lobes, -rng.uniform(10, 20), edge_softness=0.2)
     return Lesion(HEMORRHAGIC, side, centre_mm, lobes, rng.uniform(25, 50), edge_softness=0.12)
 
 

@@ -89,7 +89,7 @@ _GPU = {
 
 _CPU = copy.deepcopy(_GPU)
 _CPU["baseline"].update(batch_size=8)
-_CPU["baseline"]["schedule"].update(epochs=10, iterations_per_epoch=20, val_iterations=4, learning_rate=1e-3,
+_CPU["baseline"]["schedule"].update(epochs=20, iterations_per_epoch=50, val_iterations=4, learning_rate=1e-3,
                                     lr_decay="poly")
 _CPU["baseline"]["networks"] = {
     "UNet": {"features": [16, 16, 32, 64, 128, 16]},

@@ -1,0 +1,132 @@
+"""Training speed and quality on the CPU plan, as JSON.
+
+1. data loader: augmented batches per second (multi-process augmenter, planned batch) against
+   the training step rate (the loader must not be the bottleneck);
+2. trainer overhead: `UNetTrainer.train_step` against a bare PyTorch loop (same network,
+   batch, loss and optimiser; target overhead <= 10%);
+3. quality: `sdmc_train 2021 2d 0 -tr UNetTrainer` for as many epochs as fit in `--minutes`
+   (default 10), then the fold's validation mean Dice over IS and HS (target >= 0.7).
+
+    python benchmarks/bench_training.py [--patients 40] [--size 256] [--minutes 10]
+"""
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from sdmcunet.dataset_conversion.convert_stroke2021 import convert_release
+from sdmcunet.dataset_conversion.synthetic import make_synthetic_dataset
+from sdmcunet.experiment_planning import plan_and_preprocess
+from sdmcunet.experiment_planning.plans import load_plans
+from sdmcunet.training.trainers import TRAINERS
+
+TARGET_OVERHEAD = 0.10
+TARGET_DICE = 0.7
+
+
+def make_trainer(preprocessed: Path, workers: int):
+    plans = load_plans(preprocessed / "sdmcPlans.json")
+    trainer = TRAINERS.get("UNetTrainer")(plans, "2d", 0, preprocessed, "cpu", num_loader_workers=workers)
+    trainer.initialize()
+    return trainer
+
+
+def loader_rate(trainer, n_batches: int = 40) -> float:
+    batches = trainer._training_batches(trainer_cases(trainer))
+    next(batches)  # workers started
+    start = time.perf_counter()
+    for _ in range(n_batches):
+        next(batches)
+    rate = n_batches / (time.perf_counter() - start)
+    if hasattr(batches, "_finish"):
+        batches._finish()
+    return rate
+
+
+def step_times(trainer, batch: dict, n_steps: int = 30) -> tuple[float, float]:
+    """Seconds per step: the trainer's train_step, and a bare loop on a copy of the same network."""
+    for _ in range(3):
+        trainer.train_step(batch)
+    start = time.perf_counter()
+    for _ in range(n_steps):
+        trainer.train_step(batch)
+    trainer_seconds = (time.perf_counter() - start) / n_steps
+
+    network = trainer.build_network()
+    network.load_state_dict(trainer.module.state_dict())
+    optimizer = torch.optim.Adam(network.parameters(), lr=1e-3)
+    images, labels = batch["data"], batch["seg"]
+    for step in range(3 + n_steps):
+        if step == 3:
+            start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        trainer.loss(network(images), labels).backward()
+        optimizer.step()
+    return trainer_seconds, (time.perf_counter() - start) / n_steps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--patients", type=int, default=40)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--minutes", type=float, default=10.0)
+    args = parser.parse_args()
+    logging.disable(logging.WARNING)
+    workers = max(1, (os.cpu_count() or 1) - 1)
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
+        environment = {"SDMC_raw": str(folder / "raw"), "SDMC_preprocessed": str(folder / "preprocessed"),
+                       "SDMC_results": str(folder / "results")}
+        os.environ.update(environment)
+        make_synthetic_dataset(folder / "release", n_patients=args.patients, seed=1, size=args.size, progress=False)
+        convert_release(folder / "release", 2021, folder / "raw")
+        plan_and_preprocess.main(["-d", "2021", "--cpu", "-np", str(os.cpu_count() or 1)])
+        preprocessed = folder / "preprocessed" / "Dataset2021_Stroke2021"
+
+        trainer = make_trainer(preprocessed, workers)
+        loader_batches_per_second = loader_rate(trainer)
+        trainer.num_loader_workers = 0
+        batch = next(trainer._training_batches(trainer_cases(trainer)))
+        trainer_seconds, bare_seconds = step_times(trainer, batch)
+        schedule = trainer.schedule
+        epoch_seconds = trainer_seconds * schedule["iterations_per_epoch"] * 1.1  # + validation
+        epochs = max(1, int(args.minutes * 60 // epoch_seconds))
+        start = time.perf_counter()
+        subprocess.run([str(Path(sys.executable).parent / "sdmc_train"), "2021", "2d", "0", "-tr", "UNetTrainer",
+                        "--epochs", str(epochs)], env=os.environ | environment, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        training_minutes = (time.perf_counter() - start) / 60
+        summary_path = folder / "results" / preprocessed.name / "UNetTrainer__sdmcPlans__2d" / "fold_0" / "validation" / "summary.json"
+        stroke = json.loads(summary_path.read_text())["stroke2021"]
+    print(json.dumps({
+        "cpus": os.cpu_count(), "batch_size": trainer.settings["batch_size"], "image_size": trainer.config["image_size"],
+        "loader_workers": workers,
+        "loader_augmented_batches_per_second": round(loader_batches_per_second, 2),
+        "training_steps_per_second": round(1 / trainer_seconds, 2),
+        "loader_is_bottleneck": loader_batches_per_second < 1 / trainer_seconds,
+        "trainer_step_seconds": round(trainer_seconds, 4), "bare_loop_step_seconds": round(bare_seconds, 4),
+        "trainer_overhead": round(trainer_seconds / bare_seconds - 1, 4), "target_overhead_at_most": TARGET_OVERHEAD,
+        "unet_epochs": epochs, "unet_iterations": epochs * schedule["iterations_per_epoch"],
+        "unet_training_minutes_including_validation": round(training_minutes, 2),
+        "unet_validation_dice": stroke["DSC"], "unet_validation_n_slices": stroke["n_slices"],
+        "target_mean_dice_at_least": TARGET_DICE,
+    }, indent=2))
+
+
+def trainer_cases(trainer):
+    from sdmcunet.training.data_loading import PreprocessedCases
+
+    train_cases, _ = trainer.split()
+    return PreprocessedCases(trainer.preprocessed_folder / trainer.config["data_identifier"], train_cases)
+
+
+if __name__ == "__main__":
+    main()
