@@ -80,8 +80,8 @@ _GPU = {
         "schedule": {"epochs": 50, "iterations_per_epoch": 250, "val_iterations": 50, "optimizer": "adam",
                      "adam_betas": [0.5, 0.9], "learning_rate": 1.8e-5, "weight_decay": 0.0,
                      "warmup_iterations": 0, "lr_decay": "constant", "grad_clip": 1.0},
-        "loss_weights": {"l1": 1.0, "kl": 1e-6, "dice": 1.0, "perceptual": 1.0, "adversarial": 0.5},
-        "discriminator_start_iteration": 50001,
+        # the published LPIPS and adversarial terms are not implemented: weights 0
+        "loss_weights": {"l1": 1.0, "kl": 1e-6, "dice": 1.0, "perceptual": 0.0, "adversarial": 0.0},
         "size_preset": "sd",
         "networks": {"autoencoder": SDMC_SIZES["sd"]["autoencoder"]},
     },
@@ -100,10 +100,9 @@ _CPU["baseline"]["networks"] = {
 _CPU["sdmc"].update(batch_size=8)
 _CPU["sdmc"]["schedule"].update(epochs=10, iterations_per_epoch=20, val_iterations=4, learning_rate=5e-4,
                                 warmup_iterations=20, ema_decay=0.99, lr_decay="poly")
-_CPU["mask_autoencoder"].update(batch_size=8, discriminator_start_iteration=None)
+_CPU["mask_autoencoder"].update(batch_size=8)
 _CPU["mask_autoencoder"]["schedule"].update(epochs=5, iterations_per_epoch=20, val_iterations=4, learning_rate=1e-3,
                                             lr_decay="poly")
-_CPU["mask_autoencoder"]["loss_weights"].update(perceptual=0.0, adversarial=0.0)
 
 
 def with_sdmc_size(families: dict, size_preset: str) -> dict:

@@ -9,12 +9,12 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 
 import torch
 
 from sdmcunet import paths
 from sdmcunet.experiment_planning.plans import load_plans, plans_path
-from sdmcunet.inference.validation import validate_fold
 from sdmcunet.raw_dataset import find_dataset
 from sdmcunet.training.trainers import TRAINERS
 from sdmcunet.utils.cli import configure_logging, console_entry
@@ -38,6 +38,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--iterations_per_epoch", type=int, default=None, help="override the plans' iterations")
     parser.add_argument("-device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("-num_gpus", type=int, default=1, help="GPUs on this machine (starts torchrun when > 1)")
+    parser.add_argument("-mask_autoencoder", type=Path, default=None,
+                        help="SDMC fine-tuned variants: the mask autoencoder to use (a MaskAutoencoderTrainer "
+                        "checkpoint, a diffusers folder, or a CompVis .ckpt such as model_finetuned_mask.ckpt); "
+                        "default: the MaskAutoencoderTrainer result of the same dataset and fold")
     parser.add_argument("-num_loader_workers", type=int, default=None,
                         help="augmentation worker processes (default: CPUs - 1, at most 8; 0 = in-process)")
     args = parser.parse_args(argv)
@@ -68,15 +72,16 @@ def main(argv: list[str] | None = None) -> int:
     plans = load_plans(plans_path(preprocessed, args.plans))
     fold = args.fold if args.fold == "all" else int(args.fold)
     workers = args.num_loader_workers if args.num_loader_workers is not None else min(8, max(0, (os.cpu_count() or 1) - 1))
+    options = {"mask_autoencoder": args.mask_autoencoder} if args.mask_autoencoder else {}
     trainer = TRAINERS.get(args.trainer)(plans, args.configuration, fold, preprocessed, args.device,
-                                         args.epochs, args.iterations_per_epoch, workers)
+                                         args.epochs, args.iterations_per_epoch, workers, options=options)
     if args.validation_only:
         trainer.initialize()
         trainer.load(trainer.checkpoint_path("final"), weights_only=True)
     else:
         trainer.run_training(resume=args.resume)
     if trainer.distributed.is_main:
-        summary = validate_fold(trainer, save_probabilities=args.npz)
+        summary = trainer.final_validation(save_probabilities=args.npz)
         print(f"fold {fold} of {type(trainer).__name__} done: {summary}")
     return 0
 

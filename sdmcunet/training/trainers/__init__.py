@@ -6,8 +6,11 @@ package (`MyTrainer = mypackage.trainers:MyTrainer`), or `-tr mypackage.trainers
 
 from sdmcunet.training.trainers.base import Trainer
 from sdmcunet.training.trainers.baselines import ResUNet34Trainer, SegResNetTrainer, SwinUNETRTrainer, UNetTrainer
+from sdmcunet.training.trainers.mask_autoencoder import MaskAutoencoderTrainer
+from sdmcunet.training.trainers.sdmc import SDMCFinetunedFrozenTrainer, SDMCFinetunedTrainer, SDMCPretrainedTrainer
 from sdmcunet.utils.registry import Registry
 
 TRAINERS: Registry[Trainer] = Registry("trainer", "sdmcunet.trainers")
-for _trainer in (UNetTrainer, ResUNet34Trainer, SegResNetTrainer, SwinUNETRTrainer):
+for _trainer in (UNetTrainer, ResUNet34Trainer, SegResNetTrainer, SwinUNETRTrainer, MaskAutoencoderTrainer,
+                 SDMCFinetunedTrainer, SDMCPretrainedTrainer, SDMCFinetunedFrozenTrainer):
     TRAINERS.register(_trainer)

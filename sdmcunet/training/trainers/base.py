@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from sdmcunet.experiment_planning.plans import configuration
 from sdmcunet.experiment_planning.splits import SPLITS_FILE
+from sdmcunet.inference.validation import validate_fold
 from sdmcunet.training.augmentation import training_transforms
 from sdmcunet.training.checkpoints import load_checkpoint, save_checkpoint
 from sdmcunet.training.data_loading import PreprocessedCases, TrainingBatches, validation_batches
@@ -36,7 +37,8 @@ class Trainer:
 
     def __init__(self, plans: dict, configuration_name: str, fold: int | str, preprocessed_folder: Path,
                  device: str = "cpu", epochs: int | None = None, iterations_per_epoch: int | None = None,
-                 num_loader_workers: int = 0, seed: int = 12345):
+                 num_loader_workers: int = 0, seed: int = 12345, options: dict | None = None):
+        """`options`: trainer-specific command-line choices (e.g. a mask autoencoder file for SDMC)."""
         self.plans, self.configuration_name, self.fold = plans, configuration_name, fold
         self.config = configuration(plans, configuration_name)
         if self.family not in self.config["families"]:
@@ -52,7 +54,7 @@ class Trainer:
         self.distributed: DistributedContext = init_distributed(self.device.type)
         if self.device.type == "cuda" and self.distributed.enabled:
             self.device = torch.device("cuda", self.distributed.local_rank)
-        self.num_loader_workers, self.seed = num_loader_workers, seed
+        self.num_loader_workers, self.seed, self.options = num_loader_workers, seed, options or {}
         self.num_classes = len(plans["labels"])
         self.class_names = [name for name, value in sorted(plans["labels"].items(), key=lambda item: item[1])][1:]
         self.in_channels = len(self.config["input_channels"])
@@ -73,6 +75,18 @@ class Trainer:
     def predict_probabilities(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) inputs -> (B, classes, H, W) class probabilities."""
         return torch.softmax(self.network(images), dim=1)
+
+    def validation_prediction(self, batch: dict) -> torch.Tensor:
+        """Predicted label maps (B, H, W) for a validation batch."""
+        return self.predict_probabilities(batch["data"]).argmax(1)
+
+    def final_validation(self, save_probabilities: bool = False) -> Path:
+        """Predict the fold's validation cases in their original geometry and write summary.json."""
+        return validate_fold(self, save_probabilities)
+
+    def training_case_ids(self, train_cases: list[str]) -> list[str]:
+        """The cases training batches are drawn from (all of the fold's training cases by default)."""
+        return train_cases
 
     def extra_state(self) -> dict:
         """Further tensors a subclass keeps in checkpoints (e.g. an EMA copy)."""
@@ -138,6 +152,7 @@ class Trainer:
             return
         save_checkpoint(self.checkpoint_path(kind), {
             "trainer": type(self).__name__, "plans_name": self.plans["plans_name"],
+            "dataset_name": self.plans["dataset_name"], "labels": self.plans["labels"],
             "configuration": self.configuration_name, "fold": str(self.fold),
             "epoch": self.epoch, "iteration": self.iteration, "best_selection": self.best_selection,
             "network": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -173,7 +188,8 @@ class Trainer:
             self._resume()
         train_cases, val_cases = self.split()
         folder = self.preprocessed_folder / self.config["data_identifier"]
-        train_data, val_data = PreprocessedCases(folder, train_cases), PreprocessedCases(folder, val_cases)
+        train_data = PreprocessedCases(folder, self.training_case_ids(train_cases))
+        val_data = PreprocessedCases(folder, val_cases)
         batches = self._training_batches(train_data)
         try:
             while self.epoch < self.schedule["epochs"]:
@@ -270,7 +286,7 @@ class Trainer:
             labels = torch.from_numpy(batch["seg"]).to(self.device)
             with torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
                 total_loss += self.compute_loss({"data": images, "seg": labels}).item()
-                predicted = self.predict_probabilities(images).argmax(1)
+                predicted = self.validation_prediction({"data": images, "seg": labels})
             reference = labels[:, 0].long()
             for index, label in enumerate(range(1, self.num_classes)):
                 p, g = predicted == label, reference == label

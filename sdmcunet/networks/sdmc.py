@@ -1,0 +1,137 @@
+"""SDMC-Seg (DESIGN §5): a mask's latent reconstructed in one denoising step from the CT latent.
+
+    mask -> one-hot -> [-1, 1] 3-colour image -> frozen mask VAE encoder -> z0 (x scale factor)
+    CT   -> image encoder (VAE encoder + 1x1 conv 8->4)                  -> c
+    training:  z_t = sqrt(abar_t) z0 + sqrt(1 - abar_t) eps,  eps_hat = UNet([z_t, c], t)
+               z0_hat = sqrt(1/abar_t) z_t - sqrt(1/abar_t - 1) eps_hat
+               loss = mean|eps_hat - eps| + mean|z0_hat - z0|
+    inference: z_T ~ N(0, I), t = T - 1, one UNet call, z0_hat decoded, argmax over the class channels.
+
+The decoded class channels (about -1..1) are turned into probabilities by clipping to [0, 1]
+and normalising, so that several noise draws, folds or models can be averaged.
+"""
+
+import torch
+from diffusers import DDPMScheduler
+from diffusers.models.resnet import ResnetBlock2D
+from torch import nn
+from torch.nn import functional as F
+
+from sdmcunet.networks.latent_diffusion import LATENT_CHANNELS, build_autoencoder, build_denoiser
+
+NUM_MASK_COLOURS = 3  # non-stroke, ischemic, hemorrhagic -> red, green, blue
+
+
+def noise_schedule(diffusion: dict) -> DDPMScheduler:
+    return DDPMScheduler(num_train_timesteps=diffusion["num_train_timesteps"], beta_schedule=diffusion["beta_schedule"],
+                         beta_start=diffusion["beta_start"], beta_end=diffusion["beta_end"],
+                         prediction_type=diffusion["prediction_type"])
+
+
+def mask_to_colour_image(label_map: torch.Tensor, num_classes: int = NUM_MASK_COLOURS) -> torch.Tensor:
+    """(B, H, W) labels -> (B, 3, H, W) in [-1, 1]: channel c is +1 where the label is c."""
+    return F.one_hot(label_map.long(), num_classes).permute(0, 3, 1, 2).float() * 2 - 1
+
+
+def colour_image_to_probabilities(decoded: torch.Tensor) -> torch.Tensor:
+    """Decoded (B, 3, H, W) colour image -> class probabilities (argmax unchanged)."""
+    weights = ((decoded + 1) / 2).clamp(0, 1) + 1e-6
+    return weights / weights.sum(dim=1, keepdim=True)
+
+
+class ImageEncoder(nn.Module):
+    """The VAE encoder architecture (dropout in its ResNet blocks) and a 1x1 projection 8 -> 4."""
+
+    def __init__(self, autoencoder_sizes: dict, dropout: float):
+        super().__init__()
+        self.encoder = build_autoencoder(autoencoder_sizes).encoder
+        for block in self.encoder.modules():
+            if isinstance(block, ResnetBlock2D):
+                block.dropout.p = dropout
+        self.projection = nn.Conv2d(2 * LATENT_CHANNELS, LATENT_CHANNELS, kernel_size=1)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.projection(self.encoder(image))
+
+
+class SDMCSeg(nn.Module):
+    def __init__(self, networks: dict, diffusion: dict, latent_size: int):
+        super().__init__()
+        self.mask_autoencoder = build_autoencoder(networks["autoencoder"])
+        self.mask_autoencoder.requires_grad_(False)
+        self.image_encoder = ImageEncoder(networks["autoencoder"], networks["image_encoder"]["dropout"])
+        self.denoiser = build_denoiser(networks["denoiser"], latent_size)
+        self.register_buffer("alphas_cumprod", noise_schedule(diffusion).alphas_cumprod.float())
+        # 1/std of the first training batch's mask latents; 0 until that batch is seen
+        self.register_buffer("scale_factor", torch.zeros(()))
+
+    @property
+    def last_timestep(self) -> int:
+        return len(self.alphas_cumprod) - 1
+
+    def train(self, mode: bool = True) -> "SDMCSeg":
+        super().train(mode)
+        self.mask_autoencoder.eval()  # frozen: its dropout/normalisation never switch to training
+        return self
+
+    def set_image_encoder_trainable(self, trainable: bool) -> None:
+        """Frozen: only the 1x1 projection learns (the reference code left it random, a mistake)."""
+        self.image_encoder.encoder.requires_grad_(trainable)
+
+    @torch.no_grad()
+    def encode_mask(self, label_map: torch.Tensor) -> torch.Tensor:
+        """Unscaled mask latent: posterior.sample() of the frozen mask VAE."""
+        return self.mask_autoencoder.encode(mask_to_colour_image(label_map)).latent_dist.sample()
+
+    def condition(self, image: torch.Tensor) -> torch.Tensor:
+        """(B, 1, H, W) CT in [0, 1] -> image latent, the PNG channel as the published model reads it."""
+        return self.image_encoder((image[:, :1] * 2 - 1).repeat(1, 3, 1, 1))
+
+    def _x0_from_noise(self, noisy: torch.Tensor, predicted_noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        alpha_bar = self.alphas_cumprod[timesteps].view(-1, 1, 1, 1)
+        return torch.sqrt(1 / alpha_bar) * noisy - torch.sqrt(1 / alpha_bar - 1) * predicted_noise
+
+    def forward(self, image: torch.Tensor, label_map: torch.Tensor) -> torch.Tensor:
+        """The training loss (forward, so that DistributedDataParallel synchronises its gradients)."""
+        return self.loss(image, label_map)
+
+    def loss(self, image: torch.Tensor, label_map: torch.Tensor, denoiser: nn.Module | None = None) -> torch.Tensor:
+        """The single-step training loss of DESIGN §5 for one batch."""
+        mask_latent = self.encode_mask(label_map) * self.scale_factor
+        image_latent = self.condition(image)
+        timesteps = torch.randint(0, len(self.alphas_cumprod), (image.shape[0],), device=image.device)
+        noise = torch.randn_like(mask_latent)
+        alpha_bar = self.alphas_cumprod[timesteps].view(-1, 1, 1, 1)
+        noisy = torch.sqrt(alpha_bar) * mask_latent + torch.sqrt(1 - alpha_bar) * noise
+        predicted_noise = (denoiser or self.denoiser)(torch.cat([noisy, image_latent], dim=1), timesteps).sample
+        predicted_latent = self._x0_from_noise(noisy, predicted_noise, timesteps)
+        return F.l1_loss(predicted_noise, noise) + F.l1_loss(predicted_latent, mask_latent)
+
+    @torch.no_grad()
+    def segment(self, image: torch.Tensor, n_samples: int = 1, generator: torch.Generator | None = None,
+                denoiser: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Class probabilities averaged over `n_samples` noise draws, and their per-pixel std (uncertainty)."""
+        image_latent = self.condition(image)
+        timesteps = torch.full((image.shape[0],), self.last_timestep, device=image.device, dtype=torch.long)
+        draws = []
+        for _ in range(n_samples):
+            noise = torch.randn(image_latent.shape, generator=generator, device=image.device, dtype=image_latent.dtype)
+            predicted_noise = (denoiser or self.denoiser)(torch.cat([noise, image_latent], dim=1), timesteps).sample
+            latent = self._x0_from_noise(noise, predicted_noise, timesteps) / self.scale_factor
+            draws.append(colour_image_to_probabilities(self.mask_autoencoder.decode(latent).sample))
+        stacked = torch.stack(draws)
+        return stacked.mean(0), stacked.std(0, unbiased=False).amax(1) if n_samples > 1 else torch.zeros_like(stacked[0, :, 0])
+
+
+class MaskAutoencoder(nn.Module):
+    """The kl-f8 VAE seen as an autoencoder of colour-encoded masks (for its fine-tuning)."""
+
+    def __init__(self, autoencoder_sizes: dict):
+        super().__init__()
+        self.autoencoder = build_autoencoder(autoencoder_sizes)
+
+    def forward(self, label_map: torch.Tensor, sample: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decoded colour image and the mean KL divergence of the posterior from N(0, I)."""
+        posterior = self.autoencoder.encode(mask_to_colour_image(label_map)).latent_dist
+        latent = posterior.sample() if sample else posterior.mode()
+        return self.autoencoder.decode(latent).sample, posterior.kl().mean()
