@@ -1,0 +1,195 @@
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sdmcunet.dataset_conversion.convert_stroke2021 import convert_release
+from sdmcunet.dataset_conversion.synthetic import make_synthetic_dataset
+from sdmcunet.experiment_planning import plan_and_preprocess
+from sdmcunet.experiment_planning.plans import load_plans
+from sdmcunet.experiment_planning.presets import cpu_families
+from sdmcunet.networks.sdmc import SDMCSeg, colour_image_to_probabilities, mask_to_colour_image
+from sdmcunet.training.checkpoints import load_checkpoint, save_checkpoint
+from sdmcunet.training.trainers import TRAINERS
+from sdmcunet.utils.errors import SDMCError
+from sdmcunet.utils.files import read_json
+
+NAME = "Dataset2021_Stroke2021"
+
+
+@pytest.fixture(scope="module")
+def preprocessed(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sdmc")
+    make_synthetic_dataset(root / "release", n_patients=8, seed=5, size=64, progress=False)
+    convert_release(root / "release", 2021, root / "raw")
+    saved = {key: os.environ.get(key) for key in ("SDMC_raw", "SDMC_preprocessed")}
+    os.environ.update(SDMC_raw=str(root / "raw"), SDMC_preprocessed=str(root / "preprocessed"))
+    try:
+        assert plan_and_preprocess.main(["-d", "2021", "-np", "1", "--cpu"]) == 0
+    finally:
+        for key, value in saved.items():
+            os.environ.pop(key) if value is None else os.environ.update({key: value})
+    return root / "preprocessed" / NAME
+
+
+@pytest.fixture(scope="module")
+def results(preprocessed, tmp_path_factory):
+    """The mask autoencoder of fold 0, trained once for the module (1 epoch, 2 iterations)."""
+    folder = tmp_path_factory.mktemp("results")
+    os.environ["SDMC_results"] = str(folder)
+    try:
+        trainer = make_trainer("MaskAutoencoderTrainer", preprocessed)
+        trainer.run_training()
+        trainer.final_validation()
+    finally:
+        os.environ.pop("SDMC_results")
+    return folder
+
+
+@pytest.fixture
+def environment(preprocessed, results, monkeypatch):
+    monkeypatch.setenv("SDMC_preprocessed", str(preprocessed.parent))
+    monkeypatch.setenv("SDMC_results", str(results))
+    return preprocessed
+
+
+def make_trainer(name, preprocessed, epochs=1, iterations=2, options=None):
+    plans = load_plans(preprocessed / "sdmcPlans.json")
+    return TRAINERS.get(name)(plans, "2d", 0, preprocessed, "cpu", epochs, iterations, num_loader_workers=0,
+                              options=options)
+
+
+def tiny_model(latent_size=8) -> SDMCSeg:
+    family = cpu_families()["sdmc"]
+    return SDMCSeg(family["networks"], family["diffusion"], latent_size)
+
+
+def test_colour_encoding_round_trip():
+    labels = torch.randint(0, 3, (2, 16, 16))
+    colours = mask_to_colour_image(labels)
+    assert colours.shape == (2, 3, 16, 16) and set(colours.unique().tolist()) == {-1.0, 1.0}
+    assert torch.equal(colours[:, 0] == 1, labels == 0) and torch.equal(colours[:, 2] == 1, labels == 2)  # red NS, blue HS
+    assert torch.equal(colours.argmax(1), labels)
+    probabilities = colour_image_to_probabilities(colours + 0.1 * torch.randn_like(colours))
+    assert torch.allclose(probabilities.sum(1), torch.ones(2, 16, 16)) and torch.equal(probabilities.argmax(1), labels)
+
+
+def test_noise_schedule_is_the_ldm_linear_schedule():
+    model = tiny_model()
+    t = torch.arange(1000, dtype=torch.float64)
+    betas = (np.sqrt(0.0015) + (np.sqrt(0.0155) - np.sqrt(0.0015)) * t / 999) ** 2
+    assert torch.allclose(model.alphas_cumprod.double(), torch.cumprod(1 - betas, 0), rtol=1e-5)
+
+
+def test_loss_matches_a_hand_computation_of_the_published_formulas():
+    model = tiny_model().eval()
+    model.scale_factor.fill_(0.7)
+    image, labels = torch.rand(2, 1, 64, 64), torch.randint(0, 3, (2, 64, 64))
+    torch.manual_seed(3)
+    loss = model.loss(image, labels)
+    torch.manual_seed(3)  # the same draws, in the same order: posterior sample, t, eps
+    z0 = model.mask_autoencoder.encode(mask_to_colour_image(labels)).latent_dist.sample() * 0.7
+    c = model.image_encoder(((image * 2 - 1)).repeat(1, 3, 1, 1))
+    t = torch.randint(0, 1000, (2,))
+    eps = torch.randn_like(z0)
+    abar = model.alphas_cumprod[t].view(-1, 1, 1, 1)
+    z_t = abar.sqrt() * z0 + (1 - abar).sqrt() * eps
+    eps_hat = model.denoiser(torch.cat([z_t, c], 1), t).sample
+    z0_hat = (1 / abar).sqrt() * z_t - (1 / abar - 1).sqrt() * eps_hat
+    expected = (eps_hat - eps).abs().mean() + (z0_hat - z0).abs().mean()
+    assert torch.allclose(loss, expected, atol=1e-6)
+
+
+def test_single_step_inference_is_reproducible_and_gives_uncertainty():
+    model = tiny_model().eval()
+    model.scale_factor.fill_(1.0)
+    image = torch.rand(2, 1, 64, 64)
+    first, uncertainty = model.segment(image, n_samples=3, generator=torch.Generator().manual_seed(1))
+    again, _ = model.segment(image, n_samples=3, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(first, again) and first.shape == (2, 3, 64, 64) and uncertainty.shape == (2, 64, 64)
+    assert torch.allclose(first.sum(1), torch.ones(2, 64, 64)) and uncertainty.max() > 0
+
+
+def test_scale_factor_is_one_over_the_std_of_the_first_batch(environment):
+    trainer = make_trainer("SDMCFinetunedTrainer", environment)
+    trainer.initialize()
+    labels, images = torch.randint(0, 3, (4, 1, 64, 64)).float(), torch.rand(4, 1, 64, 64)
+    torch.manual_seed(0)
+    trainer.compute_loss({"data": images, "seg": labels})
+    torch.manual_seed(0)
+    expected = 1 / trainer.module.encode_mask(labels[:, 0]).double().std(unbiased=False)
+    assert float(trainer.module.scale_factor) == pytest.approx(float(expected), rel=1e-5)
+    before = float(trainer.module.scale_factor)
+    trainer.compute_loss({"data": torch.rand(4, 1, 64, 64), "seg": torch.zeros(4, 1, 64, 64)})
+    assert float(trainer.module.scale_factor) == before  # computed once, then stored with the model
+
+
+@pytest.mark.parametrize("name,encoder_learns", [("SDMCFinetunedTrainer", True), ("SDMCFinetunedFrozenTrainer", False)])
+def test_frozen_and_trainable_switches(environment, name, encoder_learns):
+    trainer = make_trainer(name, environment)
+    trainer.initialize()
+    model = trainer.module
+    snapshot = {part: [p.detach().clone() for p in getattr_path(model, part).parameters()]
+                for part in ("mask_autoencoder", "image_encoder.encoder", "image_encoder.projection", "denoiser")}
+    assert not any(p.requires_grad for p in model.mask_autoencoder.parameters())
+    assert all(p.requires_grad == encoder_learns for p in model.image_encoder.encoder.parameters())
+    batch = {"data": torch.rand(4, 1, 64, 64), "seg": torch.randint(0, 3, (4, 1, 64, 64)).float()}
+    for _ in range(2):
+        trainer.train_step(batch)
+    changed = {part: any(not torch.equal(a, b) for a, b in zip(before, getattr_path(model, part).parameters()))
+               for part, before in snapshot.items()}
+    assert changed == {"mask_autoencoder": False, "image_encoder.encoder": encoder_learns,
+                       "image_encoder.projection": True, "denoiser": True}
+
+
+def getattr_path(module, path):
+    for name in path.split("."):
+        module = getattr(module, name)
+    return module
+
+
+@pytest.mark.parametrize("name", ["SDMCFinetunedTrainer", "SDMCPretrainedTrainer", "SDMCFinetunedFrozenTrainer"])
+def test_sdmc_trainers_run_by_name_and_write_checkpoints_and_summary(environment, name):
+    trainer = make_trainer(name, environment)
+    trainer.run_training()
+    summary = trainer.final_validation()
+    state = load_checkpoint(trainer.checkpoint_path("final"), name)
+    assert "ema" in state["extra"] and state["network"]["scale_factor"] > 0
+    assert state["started_from_pretrained"] is False  # CPU plans start from random weights
+    assert set(read_json(summary)["stroke2021"]) == {"DSC", "IoU", "mIoU", "n_slices"}
+
+
+def test_mask_autoencoder_result_is_a_checkpoint_with_a_reconstruction_summary(environment, results):
+    fold = results / NAME / "MaskAutoencoderTrainer__sdmcPlans__2d" / "fold_0"
+    state = load_checkpoint(fold / "checkpoint_final.pth", "MaskAutoencoderTrainer")
+    assert state["dataset_name"] == NAME and state["labels"] == {"background": 0, "ischemic": 1, "hemorrhagic": 2}
+    plans = load_plans(environment / "sdmcPlans.json")
+    everything = TRAINERS.get("MaskAutoencoderTrainer")(plans, "2d", "all", environment, "cpu")
+    everything.initialize()
+    everything.load(fold / "checkpoint_final.pth", weights_only=True)
+    summary = read_json(everything.final_validation())  # fold 'all' validates on every case, lesions included
+    assert "reconstruction" in summary["what"] and summary["stroke2021"]["n_slices"]["HS"] > 0
+
+
+def test_mask_autoencoder_of_another_dataset_or_missing_is_refused(environment, results, tmp_path, monkeypatch):
+    fold = results / NAME / "MaskAutoencoderTrainer__sdmcPlans__2d" / "fold_0"
+    state = load_checkpoint(fold / "checkpoint_final.pth")
+    save_checkpoint(tmp_path / "other.pth", {key: value for key, value in state.items() if key != "format"}
+                    | {"dataset_name": "Dataset007_Other"})
+    with pytest.raises(SDMCError, match="Dataset007_Other"):
+        make_trainer("SDMCFinetunedTrainer", environment, options={"mask_autoencoder": tmp_path / "other.pth"}).initialize()
+    monkeypatch.setenv("SDMC_results", str(tmp_path / "empty"))
+    with pytest.raises(SDMCError, match="sdmc_train 2021 2d 0 -tr MaskAutoencoderTrainer"):
+        make_trainer("SDMCFinetunedTrainer", environment).initialize()
+
+
+def test_weights_of_another_architecture_name_the_keys(environment, results, tmp_path):
+    fold = results / NAME / "MaskAutoencoderTrainer__sdmcPlans__2d" / "fold_0"
+    state = load_checkpoint(fold / "checkpoint_final.pth")
+    network = dict(state["network"])
+    network["autoencoder.encoder.conv_in.weight"] = torch.zeros(3, 3, 3, 3)
+    save_checkpoint(tmp_path / "wrong.pth", {key: value for key, value in state.items() if key != "format"} | {"network": network})
+    with pytest.raises(SDMCError, match="shape mismatch.*encoder.conv_in.weight"):
+        make_trainer("SDMCFinetunedTrainer", environment, options={"mask_autoencoder": tmp_path / "wrong.pth"}).initialize()
