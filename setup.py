@@ -12,6 +12,8 @@ CONSOLE_SCRIPTS = {
     "sdmc_preprocess": "sdmcunet.experiment_planning.plan_and_preprocess:preprocess_main",
     "sdmc_plan_and_preprocess": "sdmcunet.experiment_planning.plan_and_preprocess:main",
     "sdmc_train": "sdmcunet.training.run_training:main",
+    "sdmc_convert_weights": "sdmcunet.weights.convert:main",
+    "sdmc_download_weights": "sdmcunet.weights.download:main",
 }
 
 setup(

@@ -12,7 +12,7 @@ and normalising, so that several noise draws, folds or models can be averaged.
 """
 
 import torch
-from diffusers import DDPMScheduler
+from diffusers import DDIMScheduler, DDPMScheduler
 from diffusers.models.resnet import ResnetBlock2D
 from torch import nn
 from torch.nn import functional as F
@@ -121,6 +121,20 @@ class SDMCSeg(nn.Module):
             draws.append(colour_image_to_probabilities(self.mask_autoencoder.decode(latent).sample))
         stacked = torch.stack(draws)
         return stacked.mean(0), stacked.std(0, unbiased=False).amax(1) if n_samples > 1 else torch.zeros_like(stacked[0, :, 0])
+
+    @torch.no_grad()
+    def segment_multistep(self, image: torch.Tensor, num_steps: int, diffusion: dict,
+                          generator: torch.Generator | None = None, denoiser: nn.Module | None = None) -> torch.Tensor:
+        """Class probabilities by DDIM sampling in `num_steps` steps (the multi-step baseline of one step)."""
+        scheduler = DDIMScheduler.from_config(noise_schedule(diffusion).config)
+        scheduler.set_timesteps(num_steps, device=image.device)
+        image_latent = self.condition(image)
+        latent = torch.randn(image_latent.shape, generator=generator, device=image.device, dtype=image_latent.dtype)
+        for timestep in scheduler.timesteps:
+            timesteps = torch.full((image.shape[0],), int(timestep), device=image.device, dtype=torch.long)
+            predicted_noise = (denoiser or self.denoiser)(torch.cat([latent, image_latent], dim=1), timesteps).sample
+            latent = scheduler.step(predicted_noise, timestep, latent).prev_sample
+        return colour_image_to_probabilities(self.mask_autoencoder.decode(latent / self.scale_factor).sample)
 
 
 class MaskAutoencoder(nn.Module):

@@ -1,0 +1,122 @@
+"""SDMC-Seg on the CPU plan, as JSON.
+
+1. mask autoencoder: reconstruction Dice of the fold's validation lesion masks after
+   `MaskAutoencoderTrainer` (target >= 0.95);
+2. `SDMCFinetunedTrainer` validation mean Dice (IS, HS) after `--minutes` of training (default
+   15, target >= 0.5), and `UNetTrainer` under the same budget for comparison;
+3. inference time per slice: one step against 50-step DDIM sampling of the same model.
+
+    python benchmarks/bench_sdmc.py [--patients 40] [--size 256] [--minutes 15] [--no-unet]
+"""
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sdmcunet.dataset_conversion.convert_stroke2021 import convert_release
+from sdmcunet.dataset_conversion.synthetic import make_synthetic_dataset
+from sdmcunet.experiment_planning import plan_and_preprocess
+from sdmcunet.experiment_planning.plans import load_plans
+from sdmcunet.training.data_loading import PreprocessedCases
+from sdmcunet.training.trainers import TRAINERS
+
+DATASET = "Dataset2021_Stroke2021"
+
+
+def train(name: str, environment: dict, epochs: int | None = None) -> dict:
+    command = [str(Path(sys.executable).parent / "sdmc_train"), "2021", "2d", "0", "-tr", name]
+    start = time.perf_counter()
+    subprocess.run(command + (["--epochs", str(epochs)] if epochs else []), env=os.environ | environment, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    minutes = (time.perf_counter() - start) / 60
+    fold = Path(environment["SDMC_results"]) / DATASET / f"{name}__sdmcPlans__2d" / "fold_0"
+    return {"minutes": round(minutes, 2), "stroke2021": json.loads((fold / "validation" / "summary.json").read_text())["stroke2021"]}
+
+
+def epochs_for(name: str, preprocessed: Path, minutes: float) -> int:
+    """Epochs of `name` that fit in `minutes`, from the time of a few training steps."""
+    trainer = TRAINERS.get(name)(load_plans(preprocessed / "sdmcPlans.json"), "2d", 0, preprocessed, "cpu")
+    trainer.initialize()
+    train_cases, _ = trainer.split()
+    batches = trainer._training_batches(PreprocessedCases(preprocessed / trainer.config["data_identifier"], train_cases))
+    batch = next(batches)
+    trainer.train_step(batch)
+    start = time.perf_counter()
+    for _ in range(5):
+        trainer.train_step(batch)
+    epoch_seconds = (time.perf_counter() - start) / 5 * trainer.schedule["iterations_per_epoch"] * 1.15  # + validation
+    return max(1, int(minutes * 60 // epoch_seconds))
+
+
+def inference_seconds(preprocessed: Path, n_slices: int = 8) -> tuple[float, float]:
+    trainer = TRAINERS.get("SDMCFinetunedTrainer")(load_plans(preprocessed / "sdmcPlans.json"), "2d", 0, preprocessed, "cpu")
+    trainer.initialize()
+    trainer.load(trainer.checkpoint_path("final"), weights_only=True)
+    trainer.network.eval()
+    _, val_cases = trainer.split()
+    cases = PreprocessedCases(preprocessed / trainer.config["data_identifier"], val_cases)
+    images = [torch.from_numpy(np.asarray(cases.image(case))[None].astype(np.float32)) for case in val_cases[:n_slices]]
+    diffusion = trainer.settings["diffusion"]
+    trainer.module.segment(images[0], denoiser=trainer.ema.module)  # warm-up
+    start = time.perf_counter()
+    for image in images:
+        trainer.module.segment(image, denoiser=trainer.ema.module)
+    one_step = (time.perf_counter() - start) / len(images)
+    start = time.perf_counter()
+    for image in images:
+        trainer.module.segment_multistep(image, 50, diffusion, denoiser=trainer.ema.module)
+    return one_step, (time.perf_counter() - start) / len(images)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--patients", type=int, default=40)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--minutes", type=float, default=15.0)
+    parser.add_argument("--no-unet", dest="unet", action="store_false", help="skip the U-Net comparison")
+    args = parser.parse_args()
+    logging.disable(logging.WARNING)
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
+        environment = {"SDMC_raw": str(folder / "raw"), "SDMC_preprocessed": str(folder / "preprocessed"),
+                       "SDMC_results": str(folder / "results")}
+        os.environ.update(environment)
+        make_synthetic_dataset(folder / "release", n_patients=args.patients, seed=1, size=args.size, progress=False)
+        convert_release(folder / "release", 2021, folder / "raw")
+        plan_and_preprocess.main(["-d", "2021", "--cpu", "-np", str(os.cpu_count() or 1)])
+        preprocessed = folder / "preprocessed" / DATASET
+
+        autoencoder = train("MaskAutoencoderTrainer", environment)
+        sdmc_epochs = epochs_for("SDMCFinetunedTrainer", preprocessed, args.minutes)
+        sdmc = train("SDMCFinetunedTrainer", environment, sdmc_epochs)
+        one_step, fifty_steps = inference_seconds(preprocessed)
+        results = {
+            "cpus": os.cpu_count(), "cases": len(list((folder / "raw" / DATASET / "labelsTr").iterdir())),
+            "mask_autoencoder_minutes": autoencoder["minutes"],
+            "mask_autoencoder_reconstruction_dice": autoencoder["stroke2021"]["DSC"],
+            "target_reconstruction_mean_dice_at_least": 0.95,
+            "sdmc_finetuned_epochs": sdmc_epochs, "sdmc_finetuned_minutes_including_validation": sdmc["minutes"],
+            "sdmc_finetuned_validation_dice": sdmc["stroke2021"]["DSC"],
+            "validation_n_slices": sdmc["stroke2021"]["n_slices"], "target_mean_dice_at_least": 0.5,
+            "single_step_seconds_per_slice": round(one_step, 4), "ddim50_seconds_per_slice": round(fifty_steps, 4),
+            "ddim50_over_single_step": round(fifty_steps / one_step, 1),
+        }
+        if args.unet:
+            unet_epochs = epochs_for("UNetTrainer", preprocessed, args.minutes)
+            unet = train("UNetTrainer", environment, unet_epochs)
+            results |= {"unet_epochs": unet_epochs, "unet_minutes_including_validation": unet["minutes"],
+                        "unet_validation_dice": unet["stroke2021"]["DSC"]}
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
