@@ -22,14 +22,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sdmcunet.dataset_conversion.convert_stroke2021 import convert_release
-from sdmcunet.dataset_conversion.synthetic import make_synthetic_dataset
-from sdmcunet.experiment_planning import plan_and_preprocess
 from sdmcunet.experiment_planning.plans import load_plans
 from sdmcunet.training.data_loading import PreprocessedCases
 from sdmcunet.training.trainers import TRAINERS
 
-DATASET = "Dataset2021_Stroke2021"
+from _synthetic import DATASET, planned_synthetic_dataset
+
 
 
 def train(name: str, environment: dict, epochs: int | None = None) -> dict:
@@ -87,13 +85,7 @@ def main() -> None:
     logging.disable(logging.WARNING)
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
-        environment = {"SDMC_raw": str(folder / "raw"), "SDMC_preprocessed": str(folder / "preprocessed"),
-                       "SDMC_results": str(folder / "results")}
-        os.environ.update(environment)
-        make_synthetic_dataset(folder / "release", n_patients=args.patients, seed=1, size=args.size, progress=False)
-        convert_release(folder / "release", 2021, folder / "raw")
-        plan_and_preprocess.main(["-d", "2021", "--cpu", "-np", str(os.cpu_count() or 1)])
-        preprocessed = folder / "preprocessed" / DATASET
+        preprocessed, environment = planned_synthetic_dataset(folder, args.patients, args.size)
 
         autoencoder = train("MaskAutoencoderTrainer", environment)
         sdmc_epochs = epochs_for("SDMCFinetunedTrainer", preprocessed, args.minutes)

@@ -22,11 +22,10 @@ from pathlib import Path
 
 import torch
 
-from sdmcunet.dataset_conversion.convert_stroke2021 import convert_release
-from sdmcunet.dataset_conversion.synthetic import make_synthetic_dataset
-from sdmcunet.experiment_planning import plan_and_preprocess
 from sdmcunet.experiment_planning.plans import load_plans
 from sdmcunet.training.trainers import TRAINERS
+
+from _synthetic import planned_synthetic_dataset
 
 TARGET_OVERHEAD = 0.10
 TARGET_DICE = 0.7
@@ -83,13 +82,7 @@ def main() -> None:
     workers = max(1, (os.cpu_count() or 1) - 1)
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
-        environment = {"SDMC_raw": str(folder / "raw"), "SDMC_preprocessed": str(folder / "preprocessed"),
-                       "SDMC_results": str(folder / "results")}
-        os.environ.update(environment)
-        make_synthetic_dataset(folder / "release", n_patients=args.patients, seed=1, size=args.size, progress=False)
-        convert_release(folder / "release", 2021, folder / "raw")
-        plan_and_preprocess.main(["-d", "2021", "--cpu", "-np", str(os.cpu_count() or 1)])
-        preprocessed = folder / "preprocessed" / "Dataset2021_Stroke2021"
+        preprocessed, environment = planned_synthetic_dataset(folder, args.patients, args.size)
 
         trainer = make_trainer(preprocessed, workers)
         loader_batches_per_second = loader_rate(trainer)

@@ -1,15 +1,12 @@
-import json
-import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import make_preprocessed_dataset
 
-from sdmcunet.dataset_conversion.convert_stroke2021 import convert_release
-from sdmcunet.dataset_conversion.synthetic import make_synthetic_dataset
 from sdmcunet.experiment_planning import plan_and_preprocess as pp
-from sdmcunet.experiment_planning.fingerprint import SAMPLING_SEED, extract_fingerprint
+from sdmcunet.experiment_planning.fingerprint import SAMPLING_SEED
 from sdmcunet.experiment_planning.planners import PLANNERS, SDMCPlanner
 from sdmcunet.experiment_planning.plans import configuration, load_plans, save_plans, validate_plans
 from sdmcunet.experiment_planning.splits import check_splits, make_splits, move_holdout, patient_of_each_case
@@ -25,16 +22,7 @@ RAW_NAME = "Dataset2021_Stroke2021"
 def planned(tmp_path_factory):
     """A synthetic dataset of 10 patients, converted, planned and preprocessed once for the module."""
     root = tmp_path_factory.mktemp("planned")
-    make_synthetic_dataset(root / "release", n_patients=10, seed=3, size=96)
-    convert_release(root / "release", 2021, root / "raw")
-    environment = {"SDMC_raw": str(root / "raw"), "SDMC_preprocessed": str(root / "preprocessed")}
-    saved = {key: os.environ.get(key) for key in environment}
-    os.environ.update(environment)
-    try:
-        assert pp.main(["-d", "2021", "-np", "1", "--verify_dataset_integrity"]) == 0
-    finally:
-        for key, value in saved.items():
-            os.environ.pop(key) if value is None else os.environ.update({key: value})
+    make_preprocessed_dataset(root, 10, 3, 96, "--verify_dataset_integrity")
     return root
 
 

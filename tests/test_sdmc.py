@@ -1,13 +1,10 @@
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import make_preprocessed_dataset
 
-from sdmcunet.dataset_conversion.convert_stroke2021 import convert_release
-from sdmcunet.dataset_conversion.synthetic import make_synthetic_dataset
-from sdmcunet.experiment_planning import plan_and_preprocess
 from sdmcunet.experiment_planning.plans import load_plans
 from sdmcunet.experiment_planning.presets import cpu_families
 from sdmcunet.networks.sdmc import SDMCSeg, colour_image_to_probabilities, mask_to_colour_image
@@ -21,17 +18,7 @@ NAME = "Dataset2021_Stroke2021"
 
 @pytest.fixture(scope="module")
 def preprocessed(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sdmc")
-    make_synthetic_dataset(root / "release", n_patients=8, seed=5, size=64, progress=False)
-    convert_release(root / "release", 2021, root / "raw")
-    saved = {key: os.environ.get(key) for key in ("SDMC_raw", "SDMC_preprocessed")}
-    os.environ.update(SDMC_raw=str(root / "raw"), SDMC_preprocessed=str(root / "preprocessed"))
-    try:
-        assert plan_and_preprocess.main(["-d", "2021", "-np", "1", "--cpu"]) == 0
-    finally:
-        for key, value in saved.items():
-            os.environ.pop(key) if value is None else os.environ.update({key: value})
-    return root / "preprocessed" / NAME
+    return make_preprocessed_dataset(tmp_path_factory.mktemp("data"), 8, 5, 64, "--cpu")
 
 
 @pytest.fixture(scope="module")

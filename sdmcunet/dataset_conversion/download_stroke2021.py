@@ -280,7 +280,7 @@ def _check_complete(partial: Path, expected_size: int | None) -> None:
         raise _TransientError(f"received {received} bytes but {expected_size} were announced; restarting")
 
 
-def _http_url(value: str) -> str:
+def http_url(value: str) -> str:
     if urllib.parse.urlsplit(value).scheme not in ("http", "https"):
         raise argparse.ArgumentTypeError(f"{value!r} is not an http(s) URL")
     return value
@@ -295,7 +295,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="folder to download and extract into")
     parser.add_argument("--groups", nargs="+", choices=list(GROUPS), default=list(GROUPS), metavar="GROUP",
                         help=f"groups to fetch, of {', '.join(GROUPS)} (default: all)")
-    parser.add_argument("--base-url", type=_http_url, default=BASE_URL, metavar="URL", help=f"portal address (default: {BASE_URL})")
+    parser.add_argument("--base-url", type=http_url, default=BASE_URL, metavar="URL", help=f"portal address (default: {BASE_URL})")
     parser.add_argument("--retries", type=int, default=DownloadOptions.retries, metavar="N",
                         help="retries of a part after attempts in a row that brought no data (default: %(default)s)")
     parser.add_argument("--timeout", type=float, default=DownloadOptions.timeout_seconds, metavar="SECONDS",

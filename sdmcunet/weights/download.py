@@ -19,7 +19,7 @@ from typing import Mapping
 
 from diffusers import AutoencoderKL, UNet2DModel
 
-from sdmcunet.dataset_conversion.download_stroke2021 import DownloadOptions, _http_url, download_part
+from sdmcunet.dataset_conversion.download_stroke2021 import DownloadOptions, http_url, download_part
 from sdmcunet.dataset_conversion.safe_extract import is_extracted, safe_extract
 from sdmcunet.paths import weights_root
 from sdmcunet.utils.cli import configure_logging, console_entry
@@ -131,7 +131,7 @@ def _named_url(value: str) -> tuple[str, str]:
     name, separator, url = value.partition("=")
     if not separator or name not in PUBLISHED:
         raise argparse.ArgumentTypeError(f"{value!r}: expected NAME=URL with NAME one of {', '.join(PUBLISHED)}")
-    return name, _http_url(url)
+    return name, http_url(url)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -143,7 +143,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="folder for the weights (default: $SDMC_weights, else ./weights)")
     parser.add_argument("--which", nargs="+", choices=list(PUBLISHED), default=list(PUBLISHED), metavar="NAME",
                         help=f"weights to fetch, of {', '.join(PUBLISHED)} (default: all)")
-    parser.add_argument("--base-url", type=_http_url, metavar="URL",
+    parser.add_argument("--base-url", type=http_url, metavar="URL",
                         help="fetch every file from URL/<file name> instead of its public address")
     parser.add_argument("--url", type=_named_url, action="append", default=[], metavar="NAME=URL",
                         help="fetch NAME from URL (repeatable); needed for finetuned_mask, which has no public address")

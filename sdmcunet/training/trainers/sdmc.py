@@ -12,7 +12,6 @@ the image to the denoiser.
 """
 
 import logging
-from pathlib import Path
 
 import torch
 from torch import nn
