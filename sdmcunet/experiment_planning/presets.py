@@ -98,10 +98,10 @@ _CPU["baseline"]["networks"] = {
     "SwinUNETR": {"feature_size": 12},
 }
 _CPU["sdmc"].update(batch_size=8)
-_CPU["sdmc"]["schedule"].update(epochs=10, iterations_per_epoch=20, val_iterations=4, learning_rate=5e-4,
+_CPU["sdmc"]["schedule"].update(epochs=20, iterations_per_epoch=50, val_iterations=4, learning_rate=5e-4,
                                 warmup_iterations=20, ema_decay=0.99, lr_decay="poly")
 _CPU["mask_autoencoder"].update(batch_size=8)
-_CPU["mask_autoencoder"]["schedule"].update(epochs=5, iterations_per_epoch=20, val_iterations=4, learning_rate=1e-3,
+_CPU["mask_autoencoder"]["schedule"].update(epochs=20, iterations_per_epoch=50, val_iterations=4, learning_rate=1e-3,
                                             lr_decay="poly")
 
 
