@@ -186,6 +186,8 @@ class Trainer:
             write_model_description(self.model_folder, self.preprocessed_folder, self.plans)
         if resume:
             self._resume()
+        log.info("%s, fold %s: started from pretrained weights: %s", type(self).__name__, self.fold,
+                 "yes" if self.started_from_pretrained() else "no (random initialisation)")
         train_cases, val_cases = self.split()
         folder = self.preprocessed_folder / self.config["data_identifier"]
         train_data = PreprocessedCases(folder, self.training_case_ids(train_cases))
