@@ -202,7 +202,9 @@ def test_command_line_errors(environment, capsys, monkeypatch, caplog):
     assert run_training.main(["2021", "2d", "7", "-tr", "UNetTrainer"]) == 2
     assert "fold 7 does not exist" in capsys.readouterr().err
     assert run_training.main(["2021", "2d", "0", "-tr", "NoTrainer"]) == 2
-    assert "available: ResUNet34Trainer, SegResNetTrainer, SwinUNETRTrainer, UNetTrainer" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert "unknown trainer 'NoTrainer'; available: " in error
+    assert all(name in error for name in ("UNetTrainer", "SwinUNETRTrainer", "SDMCFinetunedTrainer", "MaskAutoencoderTrainer"))
     assert run_training.main(["2021", "2d", "0", "-tr", "UNetTrainer", "--val"]) == 2
     assert "checkpoint_final.pth: checkpoint not found" in capsys.readouterr().err
 
