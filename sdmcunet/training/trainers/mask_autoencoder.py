@@ -44,8 +44,8 @@ class MaskAutoencoderTrainer(Trainer):
 
     def training_case_ids(self, train_cases: list[str]) -> list[str]:
         """Lesion slices only: an all-background mask teaches the autoencoder nothing."""
-        folder = self.preprocessed_folder / self.config["data_identifier"]
-        lesion_cases = [case for case in train_cases if PreprocessedCases(folder, [case]).cases_with_class]
+        cases = PreprocessedCases(self.preprocessed_folder / self.config["data_identifier"], train_cases)
+        lesion_cases = [case for case in train_cases if cases.properties[case]["class_locations"]]
         if not lesion_cases:
             raise SDMCError(f"fold {self.fold} has no training slice with a lesion to fine-tune the mask autoencoder on")
         return lesion_cases
