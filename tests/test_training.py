@@ -230,18 +230,18 @@ def test_trainers_from_a_module_path_and_an_entry_point(tmp_path, monkeypatch):
 
 
 def test_resunet34_loads_a_local_encoder_weight_file(tmp_path):
-    from sdmcunet.networks.baselines import build_baseline
+    from sdmcunet.networks.baselines import build_baseline, load_encoder_weights
 
-    donor = build_baseline("ResUNet34", {"decoder_channels": [16, 16, 16, 16, 8]}, 3, 3)
+    sizes = {"decoder_channels": [16, 16, 16, 16, 8]}
+    donor = build_baseline("ResUNet34", sizes, 3, 3)
     weights = {key: torch.randn_like(value) if value.is_floating_point() else value
                for key, value in donor.encoder.state_dict().items()}
     torch.save(weights | {"fc.weight": torch.zeros(1000, 512)}, tmp_path / "resnet34.pth")
-    network = build_baseline("ResUNet34", {"decoder_channels": [16, 16, 16, 16, 8],
-                                           "encoder_weights": str(tmp_path / "resnet34.pth")}, 1, 3)
+    network = build_baseline("ResUNet34", sizes | {"encoder_weights": str(tmp_path / "resnet34.pth")}, 1, 3)
+    load_encoder_weights(network.encoder, tmp_path / "resnet34.pth")
     loaded = network.encoder.state_dict()
     assert torch.allclose(loaded["layer1.0.conv1.weight"], weights["layer1.0.conv1.weight"])
     assert loaded["conv1.weight"].shape[1] == 1  # RGB first convolution folded into one channel
     torch.save({"something.else": torch.zeros(3)}, tmp_path / "other.pth")
     with pytest.raises(SDMCError, match="not ResNet-34 encoder weights"):
-        build_baseline("ResUNet34", {"decoder_channels": [16, 16, 16, 16, 8],
-                                     "encoder_weights": str(tmp_path / "other.pth")}, 1, 3)
+        load_encoder_weights(network.encoder, tmp_path / "other.pth")

@@ -5,12 +5,12 @@ from pathlib import Path
 import numpy as np
 
 from sdmcunet.imageio.dicom import DicomSlice, read_dicom_slice
-from sdmcunet.imageio.simpleitk_io import is_nifti, read_nifti, read_png, write_image, write_label_map
+from sdmcunet.imageio.simpleitk_io import is_nifti, read_nifti, read_png, write_image, write_label_map, write_rgb_png
 from sdmcunet.utils.errors import SDMCError
 
 __all__ = [
     "DicomSlice", "read_dicom_slice", "read_png", "read_nifti", "write_image", "write_label_map",
-    "grey_channel", "read_slice",
+    "write_rgb_png", "grey_channel", "read_slice",
 ]
 
 

@@ -71,3 +71,11 @@ def write_label_map(label_map: np.ndarray, path: str | Path, spacing: tuple[floa
     if label_map.size and (label_map.min() < 0 or label_map.max() > 255):
         raise ValueError(f"label values must lie in 0..255 to be written to {path}")
     write_image(label_map.astype(np.uint8, copy=False), path, spacing)
+
+
+def write_rgb_png(picture: np.ndarray, path: str | Path) -> None:
+    """Write an (H, W, 3) uint8 picture as an RGB PNG, atomically."""
+    if picture.ndim != 3 or picture.shape[2] != 3 or picture.dtype != np.uint8:
+        raise ValueError(f"expected an (H, W, 3) uint8 picture for {path}, got {picture.shape} {picture.dtype}")
+    with atomic_path(path) as temporary:
+        sitk.WriteImage(sitk.GetImageFromArray(np.ascontiguousarray(picture), isVector=True), str(temporary))

@@ -16,14 +16,12 @@ def _unet(in_channels: int, num_classes: int, features: list[int]) -> nn.Module:
 
 def _resunet34(in_channels: int, num_classes: int, decoder_channels: list[int],
                encoder_weights: str | None = None) -> nn.Module:
+    """`encoder_weights` (a local file) is loaded by the trainer with `load_encoder_weights`."""
     from monai.networks.nets import FlexibleUNet
 
     # pretrained=False: MONAI would download; pretrained weights come from a local file instead
-    network = FlexibleUNet(in_channels, num_classes, backbone="resnet34", pretrained=False,
-                           decoder_channels=tuple(decoder_channels), spatial_dims=2)
-    if encoder_weights:
-        load_encoder_weights(network.encoder, Path(encoder_weights))
-    return network
+    return FlexibleUNet(in_channels, num_classes, backbone="resnet34", pretrained=False,
+                        decoder_channels=tuple(decoder_channels), spatial_dims=2)
 
 
 def load_encoder_weights(encoder: nn.Module, path: Path) -> None:

@@ -64,14 +64,23 @@ def label_to_network(label_map: np.ndarray, geometry: Geometry, num_classes: int
     return resize_label_map(cropped, geometry.network_shape, num_classes)
 
 
-def probabilities_to_original(probabilities: np.ndarray, geometry: Geometry) -> np.ndarray:
-    """(K, size, size) class probabilities -> (K, H, W); outside the crop, background is certain."""
-    square = _resize(torch.from_numpy(probabilities.astype(np.float32)), _square_shape(geometry), "bilinear").numpy()
-    output = np.zeros((probabilities.shape[0], *geometry.original_shape), dtype=np.float32)
-    output[0] = 1.0
+def channels_to_original(channels: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """(K, size, size) maps -> (K, H, W), bilinear; 0 outside the crop."""
+    square = _resize(torch.from_numpy(channels.astype(np.float32)), _square_shape(geometry), "bilinear").numpy()
+    output = np.zeros((channels.shape[0], *geometry.original_shape), dtype=np.float32)
     r0, r1, c0, c1 = geometry.crop_box
     top, bottom, left, right = geometry.padding
     output[:, r0:r1, c0:c1] = square[:, top:square.shape[1] - bottom, left:square.shape[2] - right]
+    return output
+
+
+def probabilities_to_original(probabilities: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """(K, size, size) class probabilities -> (K, H, W); outside the crop, background is certain."""
+    output = channels_to_original(probabilities, geometry)
+    r0, r1, c0, c1 = geometry.crop_box
+    outside = np.ones(geometry.original_shape, dtype=bool)
+    outside[r0:r1, c0:c1] = False
+    output[0][outside] = 1.0
     return output
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sdmcunet.preprocessing.geometry import head_box, image_to_network, label_to_network, plan_geometry
+from sdmcunet.preprocessing.geometry import Geometry, head_box, image_to_network, label_to_network, plan_geometry
 from sdmcunet.preprocessing.normalization import normalise
 from sdmcunet.raw_dataset import RawCase, read_raw_image
 from sdmcunet.utils.errors import SDMCError
@@ -46,18 +46,9 @@ def preprocess_case(case: RawCase, configuration: dict, channel_names: dict[int,
     label_map, _ = read_raw_image(case.label)
     if raw_channels.shape[1:] != label_map.shape:
         raise SDMCError(f"{case.label}: shape {label_map.shape} differs from its image {raw_channels.shape[1:]}")
-    if not np.isfinite(raw_channels).all():
-        raise SDMCError(f"{case.images[0]}: holds NaN or infinite intensities")
     if label_map.max(initial=0) >= num_classes:
         raise SDMCError(f"{case.label}: label value {int(label_map.max())} outside 0..{num_classes - 1}")
-    size = configuration["image_size"][0]
-    crop = (0, label_map.shape[0], 0, label_map.shape[1])
-    if configuration["crop_to_head"]:
-        source = configuration["input_channels"][0]["source_channel"]
-        crop = head_box(raw_channels[source], channel_names[source].upper() == "CT")
-    geometry = plan_geometry(label_map.shape, crop, size)
-    inputs = image_to_network(normalise(raw_channels, configuration["input_channels"]), geometry,
-                              configuration["image_interpolation"])
+    inputs, geometry = preprocess_image(raw_channels, configuration, channel_names, case.images[0])
     network_labels = label_to_network(label_map.astype(np.int64), geometry, num_classes)
     properties = {
         "geometry": geometry.to_json(),
@@ -65,6 +56,25 @@ def preprocess_case(case: RawCase, configuration: dict, channel_names: dict[int,
         "class_locations": _class_locations(network_labels, num_classes, seed),
     }
     return inputs.astype(np.float16), network_labels, properties
+
+
+def preprocess_image(raw_channels: np.ndarray, configuration: dict, channel_names: dict[int, str],
+                     source: Path | str) -> tuple[np.ndarray, Geometry]:
+    """(raw channels, H, W) -> network input (input channels, size, size) float32 and the geometry
+    that maps predictions back. Raw channels not used by the plans may hold anything (e.g. zeros)."""
+    if not np.isfinite(raw_channels).all():
+        raise SDMCError(f"{source}: holds NaN or infinite intensities")
+    if raw_channels.shape[1] == 0 or raw_channels.shape[2] == 0:
+        raise SDMCError(f"{source}: empty image (shape {raw_channels.shape[1:]})")
+    shape = raw_channels.shape[1:]
+    crop = (0, shape[0], 0, shape[1])
+    if configuration["crop_to_head"]:
+        head_channel = configuration["input_channels"][0]["source_channel"]
+        crop = head_box(raw_channels[head_channel], channel_names[head_channel].upper() == "CT")
+    geometry = plan_geometry(shape, crop, configuration["image_size"][0])
+    inputs = image_to_network(normalise(raw_channels, configuration["input_channels"]), geometry,
+                              configuration["image_interpolation"])
+    return inputs, geometry
 
 
 def _class_locations(label_map: np.ndarray, num_classes: int, seed: int) -> dict[str, list]:

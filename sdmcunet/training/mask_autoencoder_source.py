@@ -26,9 +26,8 @@ def load_state_checked(module: nn.Module, state: dict[str, torch.Tensor], source
     module.load_state_dict(state)
 
 
-def load_pretrained_parts(model: nn.Module, networks: dict) -> list[str]:
-    """Load the published weights the plans name (SD VAE, LDM UNet); returns what was loaded."""
-    loaded = []
+def load_pretrained_parts(model: nn.Module, networks: dict) -> None:
+    """Load the published weights the plans name (SD VAE, LDM UNet)."""
     vae_name = networks["autoencoder"].get("pretrained")
     if vae_name:
         from sdmcunet.weights.download import load_pretrained_autoencoder
@@ -36,14 +35,11 @@ def load_pretrained_parts(model: nn.Module, networks: dict) -> list[str]:
         vae = load_pretrained_autoencoder(vae_name)
         load_state_checked(model.mask_autoencoder, vae.state_dict(), vae_name)
         load_state_checked(model.image_encoder.encoder, vae.encoder.state_dict(), vae_name)
-        loaded.append(vae_name)
     unet_name = networks["denoiser"].get("pretrained")
     if unet_name:
         from sdmcunet.weights.download import load_pretrained_denoiser
 
         load_state_checked(model.denoiser, load_pretrained_denoiser(unet_name).state_dict(), unet_name)
-        loaded.append(unet_name)
-    return loaded
 
 
 def load_fine_tuned(mask_autoencoder: nn.Module, trainer) -> Path:

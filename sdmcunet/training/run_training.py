@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     trainer = TRAINERS.get(args.trainer)(plans, args.configuration, fold, preprocessed, args.device,
                                          args.epochs, args.iterations_per_epoch, workers, options=options)
     if args.validation_only:
-        trainer.initialize()
+        trainer.initialize(initial_weights=False)
         trainer.load(trainer.checkpoint_path("final"), weights_only=True)
     else:
         trainer.run_training(resume=args.resume)

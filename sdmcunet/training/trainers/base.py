@@ -67,7 +67,11 @@ class Trainer:
 
     # --- what subclasses change -------------------------------------------------------------
     def build_network(self) -> nn.Module:
+        """The architecture only: weights come from `load_initial_weights` or a checkpoint."""
         raise NotImplementedError
+
+    def load_initial_weights(self, network: nn.Module) -> None:
+        """Pretrained weights a training starts from (none by default)."""
 
     def compute_loss(self, batch: dict) -> torch.Tensor:
         raise NotImplementedError
@@ -75,6 +79,12 @@ class Trainer:
     def predict_probabilities(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) inputs -> (B, classes, H, W) class probabilities."""
         return torch.softmax(self.network(images), dim=1)
+
+    def sample_probabilities(self, images: torch.Tensor, n_samples: int = 1,
+                             seed: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Class probabilities and, for stochastic models, their per-pixel uncertainty over
+        `n_samples` draws seeded with `seed`; deterministic models return None for it."""
+        return self.predict_probabilities(images), None
 
     def validation_prediction(self, batch: dict) -> torch.Tensor:
         """Predicted label maps (B, H, W) for a validation batch."""
@@ -96,9 +106,14 @@ class Trainer:
         pass
 
     # --- set-up --------------------------------------------------------------------------------
-    def initialize(self) -> None:
+    def initialize(self, initial_weights: bool = True) -> None:
+        """Network, optimiser and schedule. Without `initial_weights` the pretrained weights are not
+        loaded: inference and `--val` read a checkpoint over them and must not need their files."""
         torch.manual_seed(self.seed)
-        self.network = self.build_network().to(self.device)
+        network = self.build_network()
+        if initial_weights:
+            self.load_initial_weights(network)
+        self.network = network.to(self.device)
         if self.device.type == "cuda":
             self.network = self.network.to(memory_format=torch.channels_last)
         if self.distributed.enabled:
@@ -162,7 +177,10 @@ class Trainer:
         })
 
     def load(self, path: Path, weights_only: bool = False) -> None:
-        state = load_checkpoint(path, type(self).__name__)
+        self.load_state(load_checkpoint(path, type(self).__name__), weights_only)
+
+    def load_state(self, state: dict, weights_only: bool = False) -> None:
+        """Weights (and, unless `weights_only`, the optimiser, schedule and progress) from a checkpoint."""
         self.module.load_state_dict(state["network"])
         self.load_extra_state(state.get("extra", {}))
         if weights_only:

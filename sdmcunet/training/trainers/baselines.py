@@ -1,9 +1,11 @@
 """The four baselines of the published comparison (DESIGN §6): MONAI networks, Dice + CE."""
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
-from sdmcunet.networks.baselines import build_baseline
+from sdmcunet.networks.baselines import build_baseline, load_encoder_weights
 from sdmcunet.training.trainers.base import Trainer
 
 
@@ -18,6 +20,11 @@ class BaselineTrainer(Trainer):
         self.loss = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
         sizes = self.settings["networks"][self.network_name]
         return build_baseline(self.network_name, sizes, self.in_channels, self.num_classes)
+
+    def load_initial_weights(self, network: nn.Module) -> None:
+        encoder_weights = self.settings["networks"][self.network_name].get("encoder_weights")
+        if encoder_weights:
+            load_encoder_weights(network.encoder, Path(encoder_weights))
 
     def compute_loss(self, batch: dict) -> torch.Tensor:
         return self.loss(self.network(batch["data"]), batch["seg"])

@@ -30,14 +30,14 @@ class MaskAutoencoderTrainer(Trainer):
         if weights.get("perceptual") or weights.get("adversarial"):
             raise SDMCError("the perceptual and adversarial loss terms are not implemented; set their "
                             "loss_weights to 0 in the plans")
-        sizes = self.settings["networks"]["autoencoder"]
-        network = MaskAutoencoder(sizes)
-        if sizes.get("pretrained"):
+        return MaskAutoencoder(self.settings["networks"]["autoencoder"])
+
+    def load_initial_weights(self, network: nn.Module) -> None:
+        pretrained = self.settings["networks"]["autoencoder"].get("pretrained")
+        if pretrained:
             from sdmcunet.weights.download import load_pretrained_autoencoder
 
-            load_state_checked(network.autoencoder, load_pretrained_autoencoder(sizes["pretrained"]).state_dict(),
-                               sizes["pretrained"])
-        return network
+            load_state_checked(network.autoencoder, load_pretrained_autoencoder(pretrained).state_dict(), pretrained)
 
     def started_from_pretrained(self) -> bool:
         return bool(self.settings["networks"]["autoencoder"].get("pretrained"))

@@ -34,20 +34,23 @@ class SDMCTrainer(Trainer):
     def build_network(self) -> nn.Module:
         settings = self.settings
         model = SDMCSeg(settings["networks"], settings["diffusion"], self.config["latent_size"][0])
-        self.pretrained_parts = mask_autoencoder_source.load_pretrained_parts(model, settings["networks"])
-        if self.fine_tuned_mask_autoencoder:
-            source = mask_autoencoder_source.load_fine_tuned(model.mask_autoencoder, self)
-            log.info("mask autoencoder: fine-tuned, from %s", source)
         model.set_image_encoder_trainable(self.image_encoder_trainable)
         return model
 
-    def initialize(self) -> None:
-        super().initialize()
+    def load_initial_weights(self, network: nn.Module) -> None:
+        mask_autoencoder_source.load_pretrained_parts(network, self.settings["networks"])
+        if self.fine_tuned_mask_autoencoder:
+            source = mask_autoencoder_source.load_fine_tuned(network.mask_autoencoder, self)
+            log.info("mask autoencoder: fine-tuned, from %s", source)
+
+    def initialize(self, initial_weights: bool = True) -> None:
+        super().initialize(initial_weights)
         decay = self.schedule["ema_decay"]
         self.ema = AveragedModel(self.module.denoiser, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
     def started_from_pretrained(self) -> bool:
-        return bool(self.pretrained_parts)
+        networks = self.settings["networks"]
+        return any(networks[part].get("pretrained") for part in ("autoencoder", "denoiser"))
 
     def compute_loss(self, batch: dict) -> torch.Tensor:
         labels = batch["seg"][:, 0]
@@ -70,10 +73,15 @@ class SDMCTrainer(Trainer):
     def after_step(self) -> None:
         self.ema.update_parameters(self.module.denoiser)
 
-    def predict_probabilities(self, images: torch.Tensor, n_samples: int = 1) -> torch.Tensor:
-        generator = torch.Generator(images.device).manual_seed(VALIDATION_NOISE_SEED)
-        probabilities, _ = self.module.segment(images, n_samples, generator, denoiser=self.ema.module)
-        return probabilities
+    def predict_probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        return self.sample_probabilities(images)[0]
+
+    def sample_probabilities(self, images: torch.Tensor, n_samples: int = 1,
+                             seed: int = VALIDATION_NOISE_SEED) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One denoising step from t = T-1 per noise draw, with the EMA denoiser."""
+        generator = torch.Generator(images.device).manual_seed(seed)
+        probabilities, uncertainty = self.module.segment(images, n_samples, generator, denoiser=self.ema.module)
+        return probabilities, uncertainty if n_samples > 1 else None
 
     def extra_state(self) -> dict:
         return {"ema": self.ema.state_dict()}

@@ -1,0 +1,98 @@
+"""`sdmc_predict`: segment a folder of CT slices (DICOM, PNG or NIfTI) with a trained model.
+
+    sdmc_predict -i SLICES -o OUT -d 2021 -tr SDMCFinetunedTrainer -f 0 1 2 3 4
+    sdmc_predict -i SLICES -o OUT -m path/to/SDMCFinetunedTrainer__sdmcPlans__2d --overlays
+"""
+
+import argparse
+import logging
+from pathlib import Path
+
+import torch
+
+from sdmcunet.inference.input_files import find_input_cases
+from sdmcunet.inference.model_loading import find_model_folder, load_model
+from sdmcunet.inference.predictor import PredictionOptions, predict_folder
+from sdmcunet.utils.cli import configure_logging, console_entry
+from sdmcunet.utils.errors import SDMCError
+from sdmcunet.utils.files import atomic_write_json
+
+log = logging.getLogger("sdmcunet.inference")
+RUN_RECORD = "prediction_info.json"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="sdmc_predict", description=__doc__.splitlines()[0])
+    parser.add_argument("-i", dest="input", type=Path, required=True,
+                        help="folder of slices: DICOM (.dcm) and/or PNG sharing their stem, NIfTI, or a raw "
+                        "dataset's imagesTs ({case}_{channel:04d}{ending})")
+    parser.add_argument("-o", dest="output", type=Path, required=True, help="output folder")
+    model = parser.add_mutually_exclusive_group(required=True)
+    model.add_argument("-d", dest="dataset_id", type=int, help="dataset id (with -tr): the model in SDMC_results")
+    model.add_argument("-m", dest="model_folder", type=Path, help="a model folder (e.g. copied elsewhere)")
+    parser.add_argument("-tr", dest="trainer", help="trainer name (required with -d)")
+    parser.add_argument("-p", dest="plans", default="sdmcPlans", help="plans name (default sdmcPlans)")
+    parser.add_argument("-c", dest="configuration", default="2d", help="configuration (default 2d)")
+    parser.add_argument("-f", dest="folds", nargs="+", default=None,
+                        help="folds to average (default: every fold with a checkpoint); 'all' for fold_all")
+    parser.add_argument("-chk", dest="checkpoint", default="checkpoint_final.pth", help="checkpoint file name")
+    parser.add_argument("--save_probabilities", action="store_true",
+                        help="also write {case}.npz: class probabilities (and uncertainty with -num_samples > 1)")
+    parser.add_argument("--overlays", action="store_true", help="also write overlays/{case}.png: lesions over the CT")
+    parser.add_argument("--tta", action="store_true", help="average with the left-right mirrored slice")
+    parser.add_argument("-num_samples", type=int, default=1,
+                        help="SDMC: noise draws averaged per fold; their spread is the uncertainty (default 1)")
+    parser.add_argument("-seed", type=int, default=0, help="SDMC: seed of the noise draws (default 0)")
+    parser.add_argument("--overwrite", action="store_true", help="predict again cases whose outputs exist")
+    parser.add_argument("-np", dest="num_processes", type=int, default=2,
+                        help="worker processes reading and writing slices (default 2; 0 = none)")
+    parser.add_argument("-device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+    if args.dataset_id is not None and not args.trainer:
+        parser.error("-d needs -tr TRAINER")
+    if args.num_samples < 1:
+        parser.error("-num_samples must be at least 1")
+    return args
+
+
+def _check_folders(input_folder: Path, output_folder: Path) -> None:
+    if output_folder.resolve() == input_folder.resolve():
+        raise SDMCError(f"{output_folder}: the output folder must differ from the input folder "
+                        f"(label maps would replace input PNGs)")
+
+
+@console_entry
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    configure_logging()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SDMCError("-device cuda was asked for but no CUDA GPU is available; use -device cpu")
+    _check_folders(args.input, args.output)
+    folder = args.model_folder or find_model_folder(args.dataset_id, args.trainer, args.plans, args.configuration)
+    if not (folder / "plans.json").is_file():
+        raise SDMCError(f"{folder}: not a model folder (no plans.json)")
+    model = load_model(folder, args.folds, args.checkpoint, torch.device(args.device), args.trainer)
+    needed = {spec["source_channel"] for spec in model.configuration["input_channels"]}
+    listing = find_input_cases(args.input, model.dataset.channel_names, needed)
+    if listing.ignored:
+        log.info("ignored %d file(s) of no supported kind: %s", len(listing.ignored), ", ".join(listing.ignored[:10]))
+    if not listing.cases and not listing.problems:
+        raise SDMCError(f"{args.input}: no DICOM, PNG or NIfTI slices found")
+    options = PredictionOptions(args.save_probabilities, args.overlays, args.tta, args.num_samples, args.seed,
+                                args.overwrite)
+    run = predict_folder(model, listing, args.output, options, args.num_processes)
+    atomic_write_json(args.output / RUN_RECORD, {
+        "model_folder": str(folder.resolve()), "trainer": model.trainer_name,
+        "folds": [str(trainer.fold) for trainer in model.folds], "checkpoint": args.checkpoint,
+        "options": vars(options), "predicted": len(run.predicted), "skipped_existing": len(run.skipped),
+        "problems": run.problems,
+    })
+    print(f"{len(run.predicted)} slice(s) predicted, {len(run.skipped)} already done, into {args.output}")
+    if run.problems:
+        listed = "; ".join(f"{name}: {reason}" for name, reason in sorted(run.problems.items()))
+        raise SDMCError(f"{len(run.problems)} input(s) could not be predicted (the rest were): {listed}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,180 @@
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_preprocessed_dataset
+
+from sdmcunet.experiment_planning.plans import load_plans
+from sdmcunet.imageio import read_nifti, read_png, write_image
+from sdmcunet.inference import predict
+from sdmcunet.inference.model_loading import load_model
+from sdmcunet.inference.predictor import PredictionOptions, Predictor
+from sdmcunet.preprocessing.preprocessor import preprocess_image
+from sdmcunet.training.trainers import TRAINERS
+from sdmcunet.utils.errors import SDMCError
+from sdmcunet.utils.files import read_json
+
+NAME = "Dataset2021_Stroke2021"
+UNET = "UNetTrainer__sdmcPlans__2d"
+
+
+def train(name, preprocessed, fold, npz=False):
+    plans = load_plans(preprocessed / "sdmcPlans.json")
+    trainer = TRAINERS.get(name)(plans, "2d", fold, preprocessed, "cpu", 1, 2, num_loader_workers=0)
+    trainer.run_training()
+    trainer.final_validation(save_probabilities=npz)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """UNet folds 0 and 1, and the SDMC model of fold 0, trained for 2 iterations each."""
+    root = tmp_path_factory.mktemp("predict")
+    preprocessed = make_preprocessed_dataset(root, 8, 11, 64, "--cpu")
+    os.environ["SDMC_results"] = str(root / "results")
+    try:
+        for fold in (0, 1):
+            train("UNetTrainer", preprocessed, fold, npz=True)
+        train("MaskAutoencoderTrainer", preprocessed, 0)
+        train("SDMCFinetunedTrainer", preprocessed, 0)
+    finally:
+        os.environ.pop("SDMC_results")
+    return root
+
+
+@pytest.fixture
+def environment(trained, monkeypatch):
+    monkeypatch.setenv("SDMC_results", str(trained / "results"))
+    monkeypatch.setenv("SDMC_preprocessed", str(trained / "preprocessed"))
+    return trained
+
+
+def validation_cases(root, fold=0):
+    return read_json(root / "preprocessed" / NAME / "splits_final.json")[fold]["val"]
+
+
+def images_ts(root, cases, target):
+    """A raw dataset's imagesTs-style folder holding `cases` (nnU-Net naming, NIfTI)."""
+    target.mkdir()
+    for case in cases:
+        for image in (root / "raw" / NAME / "imagesTr").glob(f"{case}_*.nii.gz"):
+            shutil.copy(image, target / image.name)
+    return target
+
+
+def test_prediction_reproduces_the_folds_validation(environment, tmp_path):
+    """sdmc_predict on raw NIfTI slices = what the trainer's own validation wrote for them."""
+    cases = validation_cases(environment)
+    inputs = images_ts(environment, cases, tmp_path / "imagesTs")
+    output = tmp_path / "out"
+    assert predict.main(["-i", str(inputs), "-o", str(output), "-d", "2021", "-tr", "UNetTrainer", "-f", "0",
+                         "--save_probabilities", "-np", "0"]) == 0
+    validation = environment / "results" / NAME / UNET / "fold_0" / "validation"
+    for case in cases:
+        predicted, spacing = read_nifti(output / f"{case}.nii.gz")
+        reference, reference_spacing = read_nifti(validation / f"{case}.nii.gz")
+        assert predicted.shape == reference.shape and np.allclose(spacing, reference_spacing)
+        assert np.mean(predicted == reference) > 0.999  # inputs were float16 in validation
+        probabilities = np.load(output / f"{case}.npz")["probabilities"].astype(np.float32)
+        assert np.allclose(probabilities, np.load(validation / f"{case}.npz")["probabilities"], atol=2e-2)
+        assert np.allclose(probabilities.sum(0), 1, atol=1e-2)
+    record = read_json(output / predict.RUN_RECORD)
+    assert record["trainer"] == "UNetTrainer" and record["folds"] == ["0"] and record["predicted"] == len(cases)
+
+
+def test_folds_are_averaged_and_mirroring_is_undone(environment):
+    model = load_model(environment / "results" / NAME / UNET, ["0", "1"], "checkpoint_final.pth", torch.device("cpu"))
+    images = np.random.default_rng(0).random((2, 1, 64, 64), dtype=np.float32)
+    both, _ = Predictor(model, PredictionOptions()).probabilities(images)
+    each = [torch.softmax(trainer.network(torch.from_numpy(images)), 1).detach().numpy() for trainer in model.folds]
+    assert np.allclose(both, np.mean(each, axis=0), atol=1e-5)
+    mirrored, _ = Predictor(model, PredictionOptions(tta=True)).probabilities(images)
+    flipped = [torch.softmax(t.network(torch.from_numpy(images[..., ::-1].copy())), 1).detach().numpy()[..., ::-1]
+               for t in model.folds]
+    assert np.allclose(mirrored, np.mean(each + flipped, axis=0), atol=1e-5)
+
+
+def test_teknofest_pngs_and_dicoms_give_png_label_maps_and_overlays(environment, tmp_path):
+    """A folder of TEKNOFEST-style slices (PNG and DICOM sharing their stem) -> PNG label maps."""
+    release = environment / "release"
+    inputs = tmp_path / "slices"
+    inputs.mkdir()
+    pngs = sorted(release.rglob("PNG/*.png"))[:3]
+    for png in pngs:
+        shutil.copy(png, inputs / png.name)
+        shutil.copy(png.parent.parent / "DICOM" / f"{png.stem}.dcm", inputs / f"{png.stem}.dcm")
+    (inputs / "notes.txt").write_text("not a slice")
+    output = tmp_path / "out"
+    assert predict.main(["-i", str(inputs), "-o", str(output), "-m", str(environment / "results" / NAME / UNET),
+                         "--overlays", "--tta", "-np", "1"]) == 0
+    for png in pngs:
+        label_map = read_png(output / f"{png.stem}.png")
+        overlay = read_png(output / "overlays" / f"{png.stem}.png")
+        assert label_map.shape == read_png(png).shape[:2] and label_map.max() <= 2
+        assert overlay.shape == (*label_map.shape, 3)
+
+
+def test_existing_outputs_are_skipped_and_unreadable_inputs_listed(environment, tmp_path, capsys):
+    inputs = images_ts(environment, validation_cases(environment)[:2], tmp_path / "imagesTs")
+    output = tmp_path / "out"
+    arguments = ["-i", str(inputs), "-o", str(output), "-d", "2021", "-tr", "UNetTrainer", "-f", "0", "-np", "0"]
+    assert predict.main(arguments) == 0
+    written = {path: path.stat().st_mtime_ns for path in output.glob("*.nii.gz")}
+    (inputs / "broken_0000.nii.gz").write_bytes(b"not a nifti file")
+    (inputs / "broken_0001.nii.gz").write_bytes(b"not a nifti file")
+    assert predict.main(arguments) == 2
+    message = capsys.readouterr()
+    assert "2 already done" in message.out and "broken_0001.nii.gz" in message.err and "cannot be read" in message.err
+    assert {path: path.stat().st_mtime_ns for path in output.glob("*.nii.gz")} == written
+    assert not list(output.glob("broken*")) and not list(output.glob(".*part*"))
+    assert predict.main(arguments + ["--overwrite"]) == 2 and "0 already done" in capsys.readouterr().out
+
+
+def test_sdmc_prediction_with_noise_draws_is_reproducible_and_uncertain(environment, tmp_path):
+    inputs = images_ts(environment, validation_cases(environment)[:2], tmp_path / "imagesTs")
+    outputs = []
+    for run in ("a", "b"):
+        outputs.append(tmp_path / run)
+        assert predict.main(["-i", str(inputs), "-o", str(outputs[-1]), "-d", "2021", "-tr", "SDMCFinetunedTrainer",
+                             "--save_probabilities", "-num_samples", "3", "-seed", "7", "-np", "0"]) == 0
+    for npz in outputs[0].glob("*.npz"):
+        first, second = np.load(npz), np.load(outputs[1] / npz.name)
+        assert np.array_equal(first["probabilities"], second["probabilities"])
+        assert first["uncertainty"].shape == first["probabilities"].shape[1:] and first["uncertainty"].max() > 0
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["-d", "2021", "-tr", "UNetTrainer", "-f", "3"], "fold_3/checkpoint_final.pth"),
+    (["-d", "2021", "-tr", "SegResNetTrainer"], "sdmc_train 2021 2d 0 -tr SegResNetTrainer"),
+    (["-d", "7", "-tr", "UNetTrainer"], "Dataset007_<Name>"),
+    (["-d", "2021", "-tr", "MaskAutoencoderTrainer"], "does not segment images"),
+])
+def test_model_errors_are_clear(environment, tmp_path, capsys, arguments, message):
+    inputs = images_ts(environment, validation_cases(environment)[:1], tmp_path / "imagesTs")
+    assert predict.main(["-i", str(inputs), "-o", str(tmp_path / "out"), *arguments]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_input_errors_are_clear(environment, tmp_path, capsys):
+    model = ["-m", str(environment / "results" / NAME / UNET)]
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    assert predict.main(["-i", str(inputs), "-o", str(inputs), *model]) == 2
+    assert "must differ from the input folder" in capsys.readouterr().err
+    assert predict.main(["-i", str(inputs), "-o", str(tmp_path / "out"), *model]) == 2
+    assert "no DICOM, PNG or NIfTI slices" in capsys.readouterr().err
+    write_image(np.zeros((32, 32), dtype=np.float32), inputs / "two_channels_0000.nii.gz")  # CT is not read
+    assert predict.main(["-i", str(inputs), "-o", str(tmp_path / "out"), *model]) == 2
+    assert "reads channel(s) PNG, which case two_channels lacks" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("hounsfield, message", [
+    (np.full((1, 8, 8), np.nan, dtype=np.float32), "NaN or infinite"),
+    (np.zeros((1, 0, 8), dtype=np.float32), "empty image"),
+])
+def test_unusable_intensities_are_refused(hounsfield, message):
+    configuration = {"crop_to_head": True, "image_size": [16, 16], "image_interpolation": "bilinear",
+                     "input_channels": [{"source_channel": 0, "normalization": "window", "window": [0, 80]}]}
+    with pytest.raises(SDMCError, match=message):
+        preprocess_image(hounsfield, configuration, {0: "CT"}, "slice.dcm")
