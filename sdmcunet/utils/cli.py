@@ -1,7 +1,9 @@
 """Shared behaviour of the console scripts: user errors without tracebacks, one log setup."""
 
+import argparse
 import functools
 import logging
+import os
 import sys
 from typing import Callable
 
@@ -36,3 +38,9 @@ def console_entry(main: Callable[..., int | None]) -> Callable[..., int]:
             return 130
 
     return wrapper
+
+
+def add_num_processes_argument(parser: argparse.ArgumentParser) -> None:
+    """The `-np N` option of the commands that work case by case in worker processes."""
+    parser.add_argument("-np", dest="num_processes", type=int, default=min(os.cpu_count() or 1, 8),
+                        help="worker processes (default: number of CPUs, at most 8)")

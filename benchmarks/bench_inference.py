@@ -1,0 +1,131 @@
+"""Prediction and evaluation speed on the CPU plan, as JSON.
+
+1. `sdmc_predict` end to end (model loading, reading, preprocessing, network, mapping back,
+   writing) per slice, against the bare network forward time of the same model on the same
+   slices already in memory, in the same run (framework overhead target <= 15%);
+2. `sdmc_evaluate` slices per second against nnU-Net v2's `compute_metrics_on_folder` on the
+   same folders (target: faster).
+
+The models are trained for a few iterations only: speed does not depend on their quality.
+
+    python benchmarks/bench_inference.py [--patients 16] [--size 512] [--trainers UNetTrainer SDMCFinetunedTrainer]
+"""
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sdmcunet.inference import predict
+from sdmcunet.inference.input_files import find_input_cases, read_case_channels
+from sdmcunet.inference.model_loading import load_model
+from sdmcunet.preprocessing.preprocessor import preprocess_image
+
+from _synthetic import DATASET, planned_synthetic_dataset
+
+TARGET_OVERHEAD = 0.15
+REPEATS = 3  # best of: the machine may be shared
+PREREQUISITES = {"SDMCFinetunedTrainer": ["MaskAutoencoderTrainer"]}
+
+
+def train_briefly(name: str, environment: dict) -> None:
+    for trainer in PREREQUISITES.get(name, []) + [name]:
+        subprocess.run([str(Path(sys.executable).parent / "sdmc_train"), "2021", "2d", "0", "-tr", trainer,
+                        "--epochs", "1", "--iterations_per_epoch", "5"], env=os.environ | environment, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def bare_forward_seconds(model_folder: Path, images: Path) -> float:
+    """Seconds per slice of the network alone, on preprocessed slices in memory, in planned batches."""
+    model = load_model(model_folder, ["0"], "checkpoint_final.pth", torch.device("cpu"))
+    channels = model.dataset.channel_names
+    needed = {spec["source_channel"] for spec in model.configuration["input_channels"]}
+    cases = find_input_cases(images, channels, needed).cases.values()
+    inputs = np.stack([preprocess_image(read_case_channels(case, len(channels))[0], model.configuration, channels,
+                                        case.name)[0] for case in cases])
+    trainer = model.folds[0]
+    batch_size = model.configuration["families"][trainer.family]["batch_size"]
+    times = []
+    with torch.no_grad():
+        trainer.sample_probabilities(torch.from_numpy(inputs[:batch_size]))  # warm-up
+        for _ in range(REPEATS):
+            start = time.perf_counter()
+            for first in range(0, len(inputs), batch_size):
+                trainer.sample_probabilities(torch.from_numpy(inputs[first:first + batch_size]))
+            times.append((time.perf_counter() - start) / len(inputs))
+    return min(times)
+
+
+def predict_seconds(model_folder: Path, images: Path, output: Path) -> float:
+    """Seconds per slice of the whole `sdmc_predict` command (model loading included), in a process
+    that has imported its libraries once (the first run, not timed)."""
+    n_slices = len(list(images.glob("*_0000.nii.gz")))
+    command = ["-i", str(images), "-o", str(output), "-m", str(model_folder), "-f", "0", "--overwrite"]
+    times = []
+    for _ in range(REPEATS + 1):
+        start = time.perf_counter()
+        assert predict.main(command) == 0
+        times.append((time.perf_counter() - start) / n_slices)
+    return min(times[1:])
+
+
+def evaluation_rates(reference: Path, prediction: Path, workers: int) -> dict:
+    """Slices per second of sdmc_evaluate and of nnU-Net's compute_metrics_on_folder."""
+    from sdmcunet.evaluation import evaluate_predictions
+
+    n_slices = len(list(reference.glob("*.nii.gz")))
+    start = time.perf_counter()
+    assert evaluate_predictions.main(["-ref", str(reference), "-pred", str(prediction), "-o",
+                                      str(prediction.parent / "sdmc_summary.json"), "-np", str(workers)]) == 0
+    rates = {"sdmc_evaluate_slices_per_second": round(n_slices / (time.perf_counter() - start), 2)}
+    try:
+        from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder
+        from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+    except ImportError:
+        return rates | {"nnunet": "not installed"}
+    start = time.perf_counter()
+    compute_metrics_on_folder(str(reference), str(prediction), str(prediction.parent / "nnunet_summary.json"),
+                              SimpleITKIO(), ".nii.gz", [1, 2], None, workers)
+    nnunet_rate = n_slices / (time.perf_counter() - start)
+    return rates | {"nnunet_compute_metrics_on_folder_slices_per_second": round(nnunet_rate, 2),
+                    "evaluate_faster_than_nnunet": rates["sdmc_evaluate_slices_per_second"] > nnunet_rate}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--patients", type=int, default=16)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--trainers", nargs="+", default=["UNetTrainer", "SDMCFinetunedTrainer"])
+    args = parser.parse_args()
+    logging.disable(logging.WARNING)
+    workers = os.cpu_count() or 1
+    results = {"cpus": workers, "image_size": args.size}
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
+        preprocessed, environment = planned_synthetic_dataset(folder, args.patients, args.size)
+        images = folder / "raw" / DATASET / "imagesTr"
+        results["slices"] = len(list(images.glob("*_0000.nii.gz")))
+        for name in args.trainers:
+            train_briefly(name, environment)
+            model_folder = folder / "results" / DATASET / f"{name}__sdmcPlans__2d"
+            end_to_end = predict_seconds(model_folder, images, folder / "predictions" / name / "labels")
+            bare = bare_forward_seconds(model_folder, images)
+            results[name] = {"predict_seconds_per_slice": round(end_to_end, 4),
+                             "bare_forward_seconds_per_slice": round(bare, 4),
+                             "framework_overhead": round(end_to_end / bare - 1, 3),
+                             "target_overhead_at_most": TARGET_OVERHEAD}
+        results["evaluation"] = evaluation_rates(preprocessed / "gt_segmentations",
+                                                 folder / "predictions" / args.trainers[0] / "labels", workers)
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

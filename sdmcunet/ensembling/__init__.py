@@ -1,0 +1,1 @@
+"""Ensembling: averaging the probabilities of several models' predictions."""

@@ -1,0 +1,1 @@
+"""Postprocessing of predicted label maps, decided on cross-validation."""
