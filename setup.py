@@ -12,6 +12,12 @@ CONSOLE_SCRIPTS = {
     "sdmc_preprocess": "sdmcunet.experiment_planning.plan_and_preprocess:preprocess_main",
     "sdmc_plan_and_preprocess": "sdmcunet.experiment_planning.plan_and_preprocess:main",
     "sdmc_train": "sdmcunet.training.run_training:main",
+    "sdmc_predict": "sdmcunet.inference.predict:main",
+    "sdmc_evaluate": "sdmcunet.evaluation.evaluate_predictions:main",
+    "sdmc_ensemble": "sdmcunet.ensembling.ensemble:main",
+    "sdmc_apply_postprocessing": "sdmcunet.postprocessing.remove_small_components:main",
+    "sdmc_find_best_configuration": "sdmcunet.evaluation.find_best_configuration:main",
+    "sdmc_report": "sdmcunet.reporting.report:main",
     "sdmc_convert_weights": "sdmcunet.weights.convert:main",
     "sdmc_download_weights": "sdmcunet.weights.download:main",
 }

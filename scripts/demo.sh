@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The demo on CPU: synthetic TEKNOFEST-layout data -> conversion -> verification -> plans and
-# preprocessing -> training U-Net, the mask autoencoder and SDMC-Seg on fold 0 (each with the
-# fold's validation and summary.json).
+# preprocessing (a fifth of the patients held out) -> training U-Net, the mask autoencoder and
+# SDMC-Seg on fold 0 -> prediction of the held-out slices -> evaluation -> model selection -> report.
 # Everything it writes goes to demo_output/ (ignored by git); run it again to resume or redo nothing.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -12,36 +12,45 @@ export SDMC_raw="$work/raw_data" SDMC_preprocessed="$work/preprocessed" \
        SDMC_results="$work/results" SDMC_weights="$work/weights"
 mkdir -p "$work"
 
-echo "== 1/7 synthetic Stroke2021 release (TEKNOFEST layout) -> $work/teknofest2021"
+dataset="Dataset2021_Stroke2021"
+raw="$SDMC_raw/$dataset"
+echo "== 1/11 synthetic Stroke2021 release (TEKNOFEST layout) -> $work/teknofest2021"
 sdmc_make_synthetic -o "$work/teknofest2021" --patients 24 --seed 0 --size 256
-echo "== 2/7 conversion -> $SDMC_raw/Dataset2021_Stroke2021"
+echo "== 2/11 conversion -> $raw"
 sdmc_convert_stroke2021 -i "$work/teknofest2021" -d 2021
-echo "== 3/7 verification"
+echo "== 3/11 verification"
 sdmc_verify_dataset -d 2021
-echo "== 4/7 fingerprint, plans, splits and preprocessing -> $SDMC_preprocessed/Dataset2021_Stroke2021"
-sdmc_plan_and_preprocess -d 2021 --cpu
-echo "== 5/7 training UNetTrainer on fold 0 (CPU plan: a few minutes) -> $SDMC_results"
-sdmc_train 2021 2d 0 -tr UNetTrainer --c
-echo "== 6/7 training the mask autoencoder on fold 0 (MaskAutoencoderTrainer; CPU plans start from random weights)"
+echo "== 4/11 hold out a fifth of the patients (imagesTs/labelsTs); fingerprint, plans, splits, preprocessing"
+sdmc_plan_and_preprocess -d 2021 --cpu --holdout_fraction 0.2
+echo "== 5/11 training UNetTrainer on fold 0 (CPU plan: a few minutes) -> $SDMC_results"
+sdmc_train 2021 2d 0 -tr UNetTrainer --c --npz
+echo "== 6/11 training the mask autoencoder on fold 0 (MaskAutoencoderTrainer; CPU plans start from random weights)"
 sdmc_train 2021 2d 0 -tr MaskAutoencoderTrainer --c
-echo "== 7/7 training SDMC-Seg on fold 0 (SDMCFinetunedTrainer: single-step latent diffusion)"
-sdmc_train 2021 2d 0 -tr SDMCFinetunedTrainer --c
-python - "$SDMC_results/Dataset2021_Stroke2021" <<'PYTHON'
+echo "== 7/11 training SDMC-Seg on fold 0 (SDMCFinetunedTrainer: single-step latent diffusion)"
+sdmc_train 2021 2d 0 -tr SDMCFinetunedTrainer --c --npz
+for trainer in UNetTrainer SDMCFinetunedTrainer; do
+  echo "== 8/11 $trainer: predicting the held-out slices -> $work/predictions/$trainer"
+  sdmc_predict -i "$raw/imagesTs" -o "$work/predictions/$trainer" -d 2021 -tr "$trainer" -f 0 --overlays
+  echo "== 9/11 $trainer: evaluating the held-out predictions (Stroke2021 protocol)"
+  sdmc_evaluate -ref "$raw/labelsTs" -pred "$work/predictions/$trainer" -o "$work/predictions/$trainer/summary.json"
+done
+echo "== 10/11 model selection on the fold-0 validation (models and their ensemble, small-component removal)"
+sdmc_find_best_configuration -d 2021 -f 0
+echo "== 11/11 comparison report"
+sdmc_report -d 2021
+python - "$work/predictions" <<'PYTHON'
 import json, sys
 from pathlib import Path
-for trainer in ("UNetTrainer", "MaskAutoencoderTrainer", "SDMCFinetunedTrainer"):
-    summary = json.loads((Path(sys.argv[1]) / f"{trainer}__sdmcPlans__2d" / "fold_0" / "validation" / "summary.json").read_text())
-    what = "mask reconstruction" if trainer == "MaskAutoencoderTrainer" else "segmentation"
-    if "stroke2021" not in summary:
-        print(f"{trainer}: {summary.get('note')}")
-        continue
-    block = summary["stroke2021"]
-    print(f"{trainer} fold 0 validation ({what}, Stroke2021 protocol), slices with the class {block['n_slices']}:")
+for trainer in ("UNetTrainer", "SDMCFinetunedTrainer"):
+    block = json.loads((Path(sys.argv[1]) / trainer / "summary.json").read_text())["stroke2021"]
+    print(f"{trainer} on the held-out slices (Stroke2021 protocol), slices with the class {block['n_slices']}:")
     for metric in ("DSC", "IoU", "mIoU"):
         print(f"  {metric:5s} " + "  ".join(f"{name} {value:.3f}" if value is not None else f"{name} n/a"
                                           for name, value in block[metric].items()))
 PYTHON
-fold="$SDMC_results/Dataset2021_Stroke2021/SDMCFinetunedTrainer__sdmcPlans__2d/fold_0"
-echo "demo finished: conversion report $SDMC_raw/Dataset2021_Stroke2021/conversion_report.json,"
-echo "plans $SDMC_preprocessed/Dataset2021_Stroke2021/sdmcPlans.json (fields explained in docs/plans.md),"
-echo "training curves $fold/progress.png, validation $fold/validation/summary.json"
+results="$SDMC_results/$dataset"
+echo "demo finished: conversion report $raw/conversion_report.json,"
+echo "plans $SDMC_preprocessed/$dataset/sdmcPlans.json (fields explained in docs/plans.md),"
+echo "training curves $results/SDMCFinetunedTrainer__sdmcPlans__2d/fold_0/progress.png,"
+echo "held-out predictions and overlays $work/predictions, model selection $results/inference_instructions.txt,"
+echo "report $results/report/report.html"

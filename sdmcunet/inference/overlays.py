@@ -29,3 +29,11 @@ def lesion_overlay(grey: np.ndarray, label_map: np.ndarray) -> np.ndarray:
         picture[lesion] = (1 - FILL_OPACITY) * picture[lesion] + FILL_OPACITY * np.asarray(colour, np.float32)
         picture[outline] = colour
     return np.round(picture).astype(np.uint8)
+
+
+def mask_picture(label_map: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8: the label map as SDMC-Seg's mask colour image (every class its colour)."""
+    palette = np.zeros((max(MASK_IMAGE_COLOURS) + 1, 3), dtype=np.uint8)
+    for label, colour in MASK_IMAGE_COLOURS.items():
+        palette[label] = colour
+    return palette[label_map]

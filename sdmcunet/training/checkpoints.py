@@ -25,11 +25,14 @@ def save_checkpoint(path: Path, content: dict) -> None:
                         f"the previous checkpoint, if any, is intact") from None
 
 
-def load_checkpoint(path: Path, trainer_name: str | None = None) -> dict:
-    """Read an sdmcunet checkpoint; refuse corrupt, foreign or code-carrying files."""
+def load_checkpoint(path: Path, trainer_name: str | None = None, mmap: bool = False) -> dict:
+    """Read an sdmcunet checkpoint; refuse corrupt, foreign or code-carrying files.
+
+    `mmap`: tensors stay in the file until used, so reading the history of a large model is cheap.
+    """
     if not path.is_file():
         raise SDMCError(f"{path}: checkpoint not found")
-    content = safe_torch_load(path)
+    content = safe_torch_load(path, mmap=mmap)
     if not isinstance(content, dict) or content.get("format") != FORMAT:
         raise SDMCError(f"{path}: not an sdmcunet checkpoint (no '{FORMAT}' format mark)")
     if trainer_name is not None and content.get("trainer") != trainer_name:

@@ -14,13 +14,14 @@ import torch
 from sdmcunet.utils.errors import SDMCError
 
 
-def safe_torch_load(path: Path) -> object:
+def safe_torch_load(path: Path, mmap: bool = False) -> object:
+    """`mmap`: map tensors from the file instead of reading them (cheap when only plain values are needed)."""
     if not path.is_file():
         raise SDMCError(f"{path}: file not found")
     if not zipfile.is_zipfile(path):
         raise SDMCError(f"{path}: corrupt or not a PyTorch file (not the zip format torch.save writes)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as error:
         offending = next((line.strip() for line in str(error).splitlines() if "unsupported" in line.lower()), None)
         if offending:  # torch names the global (function or class) the file asked for
