@@ -57,7 +57,7 @@ def epochs_for(name: str, preprocessed: Path, minutes: float) -> int:
 
 def inference_seconds(preprocessed: Path, n_slices: int = 8) -> tuple[float, float]:
     trainer = TRAINERS.get("SDMCFinetunedTrainer")(load_plans(preprocessed / "sdmcPlans.json"), "2d", 0, preprocessed, "cpu")
-    trainer.initialize()
+    trainer.initialize(initial_weights=False)
     trainer.load(trainer.checkpoint_path("final"), weights_only=True)
     trainer.network.eval()
     _, val_cases = trainer.split()
