@@ -1,7 +1,29 @@
 import os
+import threading
+from contextlib import contextmanager
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Iterator
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Fuzzing budgets (tests/test_fuzz.py): "ci", the default, is quick and derandomised, so every run
+# tries the same inputs; `pytest --hypothesis-profile=long tests/test_fuzz.py` tries many more, with
+# a random seed each run and the example database in .hypothesis/ to replay what it found.
+_FUZZ = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large]}
+settings.register_profile("ci", max_examples=200, derandomize=True, database=None, **_FUZZ)
+settings.register_profile("long", max_examples=3000, **_FUZZ)
+settings.load_profile("ci")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--fault-trials", type=int, default=20, metavar="N",
+                     help="tests/test_faults.py: SIGKILL trials of training (default 20, the CI setting); "
+                     "preprocessing and prediction get N // 3 each, at least 3")
+
 
 # CI clones the repository with the project's shared/ folder beside it.
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -22,23 +44,50 @@ def isolated_paths(tmp_path, monkeypatch):
         monkeypatch.setenv(variable, str(tmp_path / variable))
 
 
-def make_preprocessed_dataset(root: Path, n_patients: int, seed: int, size: int, *plan_arguments: str) -> Path:
-    """Synthetic release -> raw dataset -> plans and preprocessed data, under `root`.
+@contextmanager
+def paths_set(**folders: Path) -> Iterator[None]:
+    """The path variables (SDMC_raw=..., ...) set for a block and restored afterwards: for
+    module-scoped fixtures, which cannot use monkeypatch."""
+    saved = {key: os.environ.get(key) for key in folders}
+    os.environ.update({key: str(folder) for key, folder in folders.items()})
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            os.environ.pop(key) if value is None else os.environ.update({key: value})
 
-    For module-scoped fixtures, which cannot use monkeypatch: the path variables are set for
-    the planning command only and restored afterwards.
-    """
+
+def make_preprocessed_dataset(root: Path, n_patients: int, seed: int, size: int, *plan_arguments: str) -> Path:
+    """Synthetic release -> raw dataset -> plans and preprocessed data, under `root`."""
     from sdmcunet.dataset_conversion.convert_stroke2021 import convert_release
     from sdmcunet.dataset_conversion.synthetic import make_synthetic_dataset
     from sdmcunet.experiment_planning import plan_and_preprocess
 
     make_synthetic_dataset(root / "release", n_patients=n_patients, seed=seed, size=size, progress=False)
     convert_release(root / "release", 2021, root / "raw")
-    saved = {key: os.environ.get(key) for key in ("SDMC_raw", "SDMC_preprocessed")}
-    os.environ.update(SDMC_raw=str(root / "raw"), SDMC_preprocessed=str(root / "preprocessed"))
-    try:
+    with paths_set(SDMC_raw=root / "raw", SDMC_preprocessed=root / "preprocessed"):
         assert plan_and_preprocess.main(["-d", "2021", "-np", "1", *plan_arguments]) == 0
-    finally:
-        for key, value in saved.items():
-            os.environ.pop(key) if value is None else os.environ.update({key: value})
     return root / "preprocessed" / "Dataset2021_Stroke2021"
+
+
+@pytest.fixture
+def file_server(tmp_path) -> Iterator[SimpleNamespace]:
+    """An HTTP server on 127.0.0.1 serving the folder `.folder` at `.url`; `.requests` lists the paths asked for."""
+    served = tmp_path / "served"
+    served.mkdir()
+    requests: list[str] = []
+
+    class Handler(SimpleHTTPRequestHandler):
+        def do_GET(self) -> None:
+            requests.append(self.path)
+            super().do_GET()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(served)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield SimpleNamespace(folder=served, url=f"http://127.0.0.1:{server.server_port}", requests=requests)
+    server.shutdown()
+    server.server_close()

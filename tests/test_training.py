@@ -179,7 +179,7 @@ def test_full_disk_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypa
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(torch, "save", disk_full)
-    with pytest.raises(SDMCError, match="No space left on device.*previous checkpoint, if any, is intact"):
+    with pytest.raises(SDMCError, match="No space left on device.*previous file, if any, is intact"):
         save_checkpoint(path, {"trainer": "UNetTrainer", "epoch": 2})
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == [path.name]
 

@@ -12,14 +12,11 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import types
 import zipfile
 from contextlib import contextmanager
 from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Iterator
 
 import numpy as np
@@ -475,28 +472,6 @@ def test_convert_checkpoint_of_a_unet(tmp_path):
 
 
 # ---------------------------------------------------------------- sdmc_download_weights
-
-@pytest.fixture
-def file_server(tmp_path) -> Iterator[SimpleNamespace]:
-    served = tmp_path / "served"
-    served.mkdir()
-    requests: list[str] = []
-
-    class Handler(SimpleHTTPRequestHandler):
-        def do_GET(self) -> None:
-            requests.append(self.path)
-            super().do_GET()
-
-        def log_message(self, *args) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(served)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield SimpleNamespace(folder=served, url=f"http://127.0.0.1:{server.server_port}", requests=requests)
-    server.shutdown()
-    server.server_close()
-
 
 def test_download_command_fetches_extracts_converts_and_then_skips(tmp_path, file_server, capsys):
     kl_f8 = random_weights(ldm_autoencoder_shapes(**SMALL_VAE))

@@ -47,8 +47,18 @@ def convert_slice(source: SourceSlice, with_dicom: bool, dataset_dir: Path) -> C
         raise SliceSkipped(str(error)) from None
 
 
+def _read_8_bit_png(path: Path) -> np.ndarray:
+    """The release's PNG and OVERLAY files are 8-bit pictures; a 16-bit one (an export of other
+    values) would be compared with its 8-bit counterpart and paint the whole slice as lesion."""
+    picture = read_png(path)
+    if picture.dtype != np.uint8:
+        raise SliceSkipped(f"{path}: a {picture.dtype.itemsize * 8}-bit PNG; the release's PNG and OVERLAY files "
+                           f"are 8-bit pictures: export it with 8 bits per channel")
+    return picture
+
+
 def _convert(source: SourceSlice, with_dicom: bool, dataset_dir: Path) -> CaseRecord:
-    png = read_png(source.files["png"])
+    png = _read_8_bit_png(source.files["png"])
     grey = grey_channel(png)
     notes: list[str] = []
     if png.ndim == 3 and not (np.array_equal(png[..., 0], png[..., 1]) and np.array_equal(png[..., 0], png[..., 2])):
@@ -86,7 +96,7 @@ def _label_map(source: SourceSlice, png: np.ndarray, record: CaseRecord) -> np.n
     if source.folder_class == NON_STROKE:
         return np.zeros(record.shape, dtype=np.uint8)
     overlay_path = source.files["overlay"]
-    overlay = read_png(overlay_path)
+    overlay = _read_8_bit_png(overlay_path)
     if overlay.shape[:2] != png.shape[:2]:
         raise SliceSkipped(f"OVERLAY {overlay_path.name} is {overlay.shape[:2]} but the PNG is {png.shape[:2]}")
     reading = label_map_from_overlay(png, overlay, fallback_class=source.folder_class)

@@ -26,7 +26,7 @@ from sdmcunet.labels import CLASS_ABBREVIATIONS, HEMORRHAGIC, ISCHEMIC, LABELS
 from sdmcunet.raw_dataset import dataset_folder_name, folders_with_id, make_dataset_json
 from sdmcunet.utils.cli import configure_logging, console_entry
 from sdmcunet.utils.errors import SDMCError
-from sdmcunet.utils.files import atomic_write_json, read_json
+from sdmcunet.utils.files import atomic_write_json, make_folder, read_json
 from sdmcunet.utils.parallel import parallel_map
 
 log = logging.getLogger("sdmcunet.convert")
@@ -94,7 +94,7 @@ def _prepare_work_folder(work: Path, source_root: Path, fingerprint: str) -> Non
         if not marker.is_file() or read_json(marker).get("source_fingerprint") != fingerprint:
             raise SDMCError(f"{work} holds an unfinished conversion of another release; remove it to start over")
         log.info("resuming the unfinished conversion in %s", work)
-    (work / RECORDS).mkdir(parents=True, exist_ok=True)
+    make_folder(work / RECORDS)
     atomic_write_json(marker, {"source": str(source_root.resolve()), "source_fingerprint": fingerprint})
 
 

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from sdmcunet.dataset_conversion.safe_extract import ensure_free_destination, is_extracted, safe_extract
 from sdmcunet.utils.cli import configure_logging, console_entry
 from sdmcunet.utils.errors import SDMCError
-from sdmcunet.utils.files import atomic_path
+from sdmcunet.utils.files import atomic_path, make_folder
 
 BASE_URL = "https://acikveri.saglik.gov.tr"
 GROUPS: dict[str, range] = {
@@ -310,16 +310,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _prepare_output_dir(path: Path) -> Path:
-    if path.exists() and not path.is_dir():
-        raise SDMCError(f"{path}: exists and is not a folder")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise SDMCError(f"{path}: cannot create the output folder ({error.strerror or error})") from None
-    return path
-
-
 @contextmanager
 def _log_to_file(path: Path) -> Iterator[None]:
     handler = logging.FileHandler(path, encoding="utf-8")
@@ -337,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     """Command line: download, check and extract the selected groups into `-o DIR`."""
     args = _parser().parse_args(argv)
     configure_logging(args.verbose)
-    output_dir = _prepare_output_dir(args.output)
+    output_dir = make_folder(args.output)
     with _log_to_file(output_dir / LOG_FILE):
         options = DownloadOptions(
             base_url=args.base_url,

@@ -12,7 +12,7 @@ from functools import cached_property
 from pathlib import Path
 
 from sdmcunet import paths
-from sdmcunet.experiment_planning.splits import SPLITS_FILE
+from sdmcunet.experiment_planning.splits import SPLITS_FILE, check_splits_format
 from sdmcunet.raw_dataset import find_dataset, load_dataset_json
 from sdmcunet.training.model_folder import fold_folder, model_folder
 from sdmcunet.utils.errors import SDMCError
@@ -92,7 +92,9 @@ class TrainedModel:
         path = self.preprocessed / SPLITS_FILE
         if not path.is_file():
             raise SDMCError(f"{path} missing; run sdmc_plan_and_preprocess -d {self.dataset_id}")
-        return read_json(path)
+        splits = read_json(path)
+        check_splits_format(splits, path)
+        return splits
 
     def validation_cases(self, fold: int) -> list[str]:
         if not 0 <= fold < len(self.splits):

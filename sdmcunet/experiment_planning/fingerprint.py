@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from sdmcunet import paths
+from sdmcunet.imageio import read_label_slice
 from sdmcunet.raw_dataset import RawCase, find_dataset, load_dataset_json, read_raw_image, training_cases
 from sdmcunet.utils.cli import configure_logging, console_entry
 from sdmcunet.utils.errors import SDMCError
@@ -33,7 +34,7 @@ FINGERPRINT_FILE = "dataset_fingerprint.json"
 def analyse_case(case: RawCase, samples_per_case: int) -> dict:
     """Shape, spacing, classes present and foreground intensity samples of one case."""
     channels, spacings = zip(*(read_raw_image(path) for path in case.images))
-    label_map, label_spacing = read_raw_image(case.label)
+    label_map, label_spacing = read_label_slice(case.label)
     image = np.stack(channels).astype(np.float32)
     if not np.isfinite(image).all():
         raise SDMCError(f"{case.images[0].parent}: a channel of case {case.label.name} holds NaN or infinite values")
@@ -89,7 +90,6 @@ def extract_fingerprint(raw_folder: Path, output_folder: Path, num_processes: in
     results = list(parallel_map(analyse, cases.values(), num_processes, "extracting fingerprint"))
     fingerprint = _summarise(cases, results, dataset.channel_names)
     fingerprint["raw_dataset_digest"] = digest
-    output_folder.mkdir(parents=True, exist_ok=True)
     atomic_write_json(target, fingerprint)
     return fingerprint
 

@@ -16,7 +16,9 @@ INTERPOLATIONS = ("bilinear", "bicubic")
 FAMILIES = ("baseline", "sdmc", "mask_autoencoder")
 LR_DECAYS = ("constant", "poly")
 OPTIMIZERS = ("adam", "adamw")
+SELECTION_METRICS = ("IoU", "Dice")
 NETWORK_DIVISOR = 32  # five 2x downsamplings (U-Nets, Swin-UNETR) and the VAE's factor 8
+TOP_LEVEL_KEYS = ("plans_name", "planner", "dataset_name", "num_input_channels_raw", "labels", "configurations")
 
 
 def plans_path(preprocessed_folder: Path, plans_name: str) -> Path:
@@ -64,10 +66,7 @@ def _merged(base: dict, override: dict) -> dict:
 
 def validate_plans(plans: dict, path: Path) -> None:
     """Raise an SDMCError that lists every invalid field of `plans` (read from `path`)."""
-    problems: list[str] = []
-    for key in ("plans_name", "planner", "dataset_name", "num_input_channels_raw", "labels", "configurations"):
-        if key not in plans:
-            problems.append(f"missing top-level key {key!r}")
+    problems = _top_level_problems(plans)
     if not problems:
         for name in plans["configurations"]:
             try:
@@ -78,12 +77,39 @@ def validate_plans(plans: dict, path: Path) -> None:
         raise SDMCError(f"{path}: invalid plans:\n  " + "\n  ".join(problems))
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _maps_to_objects(value) -> bool:
+    return isinstance(value, dict) and all(isinstance(item, dict) for item in value.values())
+
+
+def _top_level_problems(plans) -> list[str]:
+    """Missing keys and wrong JSON types that keep the configurations from being read at all."""
+    if not isinstance(plans, dict):
+        return [f"expected a JSON object, found a {type(plans).__name__}"]
+    if missing := [key for key in TOP_LEVEL_KEYS if key not in plans]:
+        return [f"missing top-level key {key!r}" for key in missing]
+    problems = []
+    if not isinstance(plans["num_input_channels_raw"], int) or plans["num_input_channels_raw"] < 1:
+        problems.append(f"num_input_channels_raw must be a positive integer, got {plans['num_input_channels_raw']!r}")
+    labels = plans["labels"]
+    if not (isinstance(labels, dict) and all(isinstance(value, int) for value in labels.values())):
+        problems.append(f"labels must map label names to integers, got {labels!r}")
+    if not _maps_to_objects(plans["configurations"]):
+        problems.append("configurations must map configuration names to objects")
+    return problems
+
+
 def _configuration_problems(config: dict, plans: dict) -> list[str]:
     problems = []
     required = ("data_identifier", "input_channels", "image_size", "latent_size", "image_interpolation",
                 "crop_to_head", "families")
     if missing := [key for key in required if key not in config]:
         return [f"missing {', '.join(missing)}"]
+    if not isinstance(config["crop_to_head"], bool):
+        problems.append(f"crop_to_head must be true or false, got {config['crop_to_head']!r}")
     size = config["image_size"]
     if not (isinstance(size, list) and len(size) == 2 and all(isinstance(s, int) and s > 0 and s % NETWORK_DIVISOR == 0 for s in size)):
         problems.append(f"image_size must be two positive multiples of {NETWORK_DIVISOR}, got {size}")
@@ -91,10 +117,16 @@ def _configuration_problems(config: dict, plans: dict) -> list[str]:
         problems.append(f"latent_size must be image_size / 8 = {[s // 8 for s in size]}, got {config['latent_size']}")
     if config["image_interpolation"] not in INTERPOLATIONS:
         problems.append(f"image_interpolation must be one of {INTERPOLATIONS}")
-    if not config["input_channels"]:
+    channels = config["input_channels"]
+    if not (isinstance(channels, list) and all(isinstance(channel, dict) for channel in channels)):
+        problems.append("input_channels must be a list of objects")
+    elif not channels:
         problems.append("input_channels is empty")
-    for index, channel in enumerate(config["input_channels"]):
-        problems += [f"input_channels[{index}]: {p}" for p in _channel_problems(channel, plans["num_input_channels_raw"])]
+    else:
+        for index, channel in enumerate(channels):
+            problems += [f"input_channels[{index}]: {p}" for p in _channel_problems(channel, plans["num_input_channels_raw"])]
+    if not _maps_to_objects(config["families"]):
+        return problems + ["families must map family names to objects"]
     for family, settings in config["families"].items():
         if family not in FAMILIES:
             problems.append(f"unknown family {family!r} (known: {', '.join(FAMILIES)})")
@@ -113,10 +145,11 @@ def _channel_problems(channel: dict, num_raw_channels: int) -> list[str]:
         problems.append(f"normalization must be one of {NORMALIZATIONS}, got {scheme!r}")
     elif scheme == "window":
         window = channel.get("window")
-        if not (isinstance(window, list) and len(window) == 2 and window[0] < window[1]):
+        if not (isinstance(window, list) and len(window) == 2 and all(map(_is_number, window)) and window[0] < window[1]):
             problems.append(f"window must be [low, high] with low < high, got {window}")
-    elif scheme == "z_score" and not (channel.get("std", 0) > 0 and "mean" in channel):
-        problems.append("z_score needs mean and a positive std")
+    elif scheme == "z_score" and not (_is_number(channel.get("std")) and channel["std"] > 0
+                                      and _is_number(channel.get("mean"))):
+        problems.append("z_score needs a numeric mean and a positive std")
     return problems
 
 
@@ -124,12 +157,19 @@ def _family_problems(settings: dict) -> list[str]:
     problems = []
     if not isinstance(settings.get("batch_size"), int) or settings["batch_size"] < 1:
         problems.append(f"batch_size must be a positive integer, got {settings.get('batch_size')}")
-    schedule = settings.get("schedule", {})
+    if settings.get("selection_metric") not in SELECTION_METRICS:
+        problems.append(f"selection_metric must be one of {SELECTION_METRICS}, got {settings.get('selection_metric')!r}")
+    schedule = settings.get("schedule")
+    if not isinstance(schedule, dict):
+        return problems + [f"schedule must be an object, got {schedule!r}"]
     for key in ("epochs", "iterations_per_epoch", "val_iterations"):
         if not isinstance(schedule.get(key), int) or schedule[key] < 1:
             problems.append(f"schedule.{key} must be a positive integer, got {schedule.get(key)}")
-    if not isinstance(schedule.get("learning_rate"), (int, float)) or not schedule["learning_rate"] > 0:
+    if not _is_number(schedule.get("learning_rate")) or not schedule["learning_rate"] > 0:
         problems.append(f"schedule.learning_rate must be positive, got {schedule.get('learning_rate')}")
+    for key in ("weight_decay", "grad_clip"):
+        if not _is_number(schedule.get(key)) or schedule[key] < 0:
+            problems.append(f"schedule.{key} must be a non-negative number, got {schedule.get(key)!r}")
     if not isinstance(schedule.get("warmup_iterations", 0), int) or schedule.get("warmup_iterations", 0) < 0:
         problems.append("schedule.warmup_iterations must be a non-negative integer")
     if schedule.get("lr_decay", "constant") not in LR_DECAYS:

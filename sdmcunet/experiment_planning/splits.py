@@ -13,9 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sdmcunet.raw_dataset import (
-    image_file_name, label_file_name, load_dataset_json, read_raw_image, training_cases,
-)
+from sdmcunet.imageio import read_label_slice
+from sdmcunet.raw_dataset import image_file_name, label_file_name, load_dataset_json, training_cases
 from sdmcunet.utils.errors import SDMCError
 from sdmcunet.utils.files import atomic_write_json, read_json
 
@@ -71,10 +70,19 @@ def make_splits(patients: dict[str, str], classes_per_case: dict[str, list[int]]
     return [{"train": sorted(set(all_cases) - set(fold)), "val": sorted(fold)} for fold in folds]
 
 
+def check_splits_format(splits, source: Path) -> None:
+    """Splits must be a list of folds, each {'train': [case, ...], 'val': [case, ...]}."""
+    def is_case_list(value) -> bool:
+        return isinstance(value, list) and all(isinstance(case, str) for case in value)
+
+    if not isinstance(splits, list) or not all(
+            isinstance(s, dict) and is_case_list(s.get("train")) and is_case_list(s.get("val")) for s in splits):
+        raise SDMCError(f"{source}: expected a list of {{'train': [case, ...], 'val': [case, ...]}}")
+
+
 def check_splits(splits, patients: dict[str, str], source: Path) -> None:
     """A user's splits must name known cases and never put a patient on both sides."""
-    if not isinstance(splits, list) or not all(isinstance(s, dict) and {"train", "val"} <= set(s) for s in splits):
-        raise SDMCError(f"{source}: expected a list of {{'train': [...], 'val': [...]}}")
+    check_splits_format(splits, source)
     problems = []
     for index, split in enumerate(splits):
         unknown = sorted((set(split["train"]) | set(split["val"])) - set(patients))
@@ -115,7 +123,7 @@ def move_holdout(raw_folder: Path, fraction: float, seed: int = SEED) -> list[st
         if not 0 < fraction < 1:
             raise SDMCError(f"the held-out fraction must lie between 0 and 1, got {fraction}")
         cases = training_cases(raw_folder, dataset)
-        classes = {case: np.unique(read_raw_image(raw.label)[0]).tolist() for case, raw in cases.items()}
+        classes = {case: np.unique(read_label_slice(raw.label)[0]).tolist() for case, raw in cases.items()}
         patients = patient_of_each_case(raw_folder, list(cases))
         held_out = make_splits(patients, classes, num_folds=max(2, round(1 / fraction)), seed=seed)[0]["val"]
         atomic_write_json(record, {"fraction": fraction, "seed": seed, "cases": held_out})

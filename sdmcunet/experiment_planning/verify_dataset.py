@@ -1,8 +1,9 @@
 """`sdmc_verify_dataset -d ID`: check a raw dataset against the contract, listing every problem.
 
 Checks: `dataset.json` is valid; every file name follows the nnU-Net v2 pattern; every case has
-all its channels and its label; numTraining matches; per case, channels and label agree in
-shape and spacing, intensities are finite and label values are among `labels`.
+all its channels and its label; numTraining matches; per case, every file is readable (a NIfTI
+with NaN or infinite values and a colour PNG label map are not), channels and label agree in
+shape and spacing, and label values are among `labels`.
 """
 
 import argparse
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from sdmcunet import paths
+from sdmcunet.imageio import read_label_slice
 from sdmcunet.raw_dataset import (
     DatasetJson, find_dataset, image_file_name, label_file_name, load_dataset_json, read_raw_image,
 )
@@ -90,18 +92,16 @@ def _check_case(case: str, folder: Path, dataset: DatasetJson) -> list[str]:
     images = [folder / "imagesTr" / image_file_name(case, channel, dataset.file_ending) for channel in dataset.channel_names]
     label_path = folder / "labelsTr" / label_file_name(case, dataset.file_ending)
     try:
-        arrays = {path: read_raw_image(path) for path in [*images, label_path]}
+        arrays = {path: read_raw_image(path) for path in images}
+        label_map, label_spacing = read_label_slice(label_path)
     except SDMCError as error:
         return [str(error)]
-    label_map, label_spacing = arrays[label_path]
     for path in images:
         array, spacing = arrays[path]
         if array.shape != label_map.shape:
             problems.append(f"{path}: shape {array.shape} differs from its label's {label_map.shape}")
         elif spacing is not None and not np.allclose(spacing, label_spacing, atol=SPACING_TOLERANCE):
             problems.append(f"{path}: spacing {spacing} differs from its label's {label_spacing}")
-        if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
-            problems.append(f"{path}: holds NaN or infinite intensities")
     unexpected = sorted(set(np.unique(label_map).tolist()) - set(dataset.labels.values()))
     if unexpected:
         problems.append(f"{label_path}: label values {unexpected} are not in dataset.json labels")

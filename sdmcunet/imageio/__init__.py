@@ -10,7 +10,7 @@ from sdmcunet.utils.errors import SDMCError
 
 __all__ = [
     "DicomSlice", "read_dicom_slice", "read_png", "read_nifti", "write_image", "write_label_map",
-    "write_rgb_png", "grey_channel", "read_slice",
+    "write_rgb_png", "grey_channel", "read_slice", "read_label_slice",
 ]
 
 
@@ -38,3 +38,19 @@ def read_slice(path: str | Path) -> tuple[np.ndarray, tuple[float, float] | None
     if is_nifti(name):
         return read_nifti(path)
     raise SDMCError(f"{path}: unsupported file type (expected .dcm, .png, .nii or .nii.gz)")
+
+
+def read_label_slice(path: str | Path) -> tuple[np.ndarray, tuple[float, float] | None]:
+    """A label-map file as a 2D array and its (row, column) spacing if known.
+
+    Unlike an image, a label map must be a grey PNG: the first channel of a colour picture (a mask
+    painted in class colours) would silently be taken for its labels.
+    """
+    path = Path(path)
+    if not path.name.lower().endswith(".png"):
+        return read_slice(path)
+    png = read_png(path)
+    if png.ndim == 3:
+        raise SDMCError(f"{path}: a label map must be a grey PNG (one value per pixel), this one has "
+                        f"{png.shape[2]} channels")
+    return png, None

@@ -5,12 +5,13 @@ Uncompressed pixel data is read at its full allocated width instead of through p
 that say 12 bits while the values need 16, and masking would silently corrupt bone and lesions.
 """
 
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pydicom
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
 
 from sdmcunet.utils.errors import SDMCError
 
@@ -18,6 +19,10 @@ CODEC_HINT = (
     "install a decoder for it: pip install 'sdmcunet[dicom-codecs]' "
     "(pylibjpeg, pylibjpeg-libjpeg, pylibjpeg-openjpeg) or pip install python-gdcm"
 )
+REQUIRED_KEYWORDS = ("PixelData", "Rows", "Columns", "BitsAllocated")
+# pydicom converts header values when they are first used: a damaged value (or value representation)
+# fails there, not in dcmread.
+HEADER_VALUE_ERRORS = (ValueError, TypeError, OverflowError, NotImplementedError, BytesLengthException)
 
 
 @dataclass
@@ -33,14 +38,27 @@ def read_dicom_slice(path: str | Path, require_ct: bool = True) -> DicomSlice:
     """Read a single-frame greyscale DICOM slice and convert it to Hounsfield units."""
     path = Path(path)
     dataset = _read_dataset(path)
+    try:
+        return _ct_slice(path, dataset, require_ct)
+    except HEADER_VALUE_ERRORS as error:
+        raise SDMCError(f"{path}: a DICOM header value is unreadable ({type(error).__name__}: {error})") from None
+
+
+def _ct_slice(path: Path, dataset: pydicom.Dataset, require_ct: bool) -> DicomSlice:
     modality = dataset.get("Modality")
     if require_ct and modality != "CT":
         raise SDMCError(f"{path}: modality is {modality or 'missing'}, expected CT (Hounsfield units)")
+    if int(dataset.get("NumberOfFrames", 1) or 1) != 1 or int(dataset.get("SamplesPerPixel", 1)) != 1:
+        raise SDMCError(f"{path}: expected one greyscale frame (a CT slice), found a multi-frame or colour image")
     notes: list[str] = []
     stored = _stored_values(path, dataset, notes)
     slope = float(dataset.get("RescaleSlope", 1) or 1)
     intercept = float(dataset.get("RescaleIntercept", 0) or 0)
     hounsfield = (stored.astype(np.float64) * slope + intercept).astype(np.float32)
+    # A NaN or infinite slope would reach the NIfTI files, where ITK reads it back as 0: refuse it here.
+    if not np.isfinite(hounsfield).all():
+        raise SDMCError(f"{path}: RescaleSlope {slope} and RescaleIntercept {intercept} give NaN or infinite "
+                        f"Hounsfield units")
     return DicomSlice(
         hounsfield=hounsfield,
         spacing=_spacing(dataset, notes),
@@ -57,21 +75,21 @@ def _read_dataset(path: Path) -> pydicom.Dataset:
         raise SDMCError(f"{path}: file not found") from None
     except InvalidDicomError as error:
         raise SDMCError(f"{path}: not a DICOM file ({error})") from None
-    except (EOFError, OSError, ValueError, KeyError, TypeError) as error:
+    except (EOFError, OSError, KeyError, struct.error, *HEADER_VALUE_ERRORS) as error:
         raise SDMCError(f"{path}: unreadable or truncated DICOM ({type(error).__name__}: {error})") from None
-    if "PixelData" not in dataset:
-        raise SDMCError(f"{path}: DICOM has no pixel data")
-    if int(dataset.get("NumberOfFrames", 1) or 1) != 1 or int(dataset.get("SamplesPerPixel", 1)) != 1:
-        raise SDMCError(f"{path}: expected one greyscale frame (a CT slice), found a multi-frame or colour image")
+    if missing := [keyword for keyword in REQUIRED_KEYWORDS if keyword not in dataset]:
+        raise SDMCError(f"{path}: DICOM header lacks {', '.join(missing)}: not an image")
     return dataset
 
 
 def _stored_values(path: Path, dataset: pydicom.Dataset, notes: list[str]) -> np.ndarray:
+    rows, columns = int(dataset.Rows), int(dataset.Columns)
+    if rows < 1 or columns < 1:
+        raise SDMCError(f"{path}: empty image ({rows} rows, {columns} columns)")
     file_meta = getattr(dataset, "file_meta", None)
     transfer_syntax = file_meta.get("TransferSyntaxUID") if file_meta is not None else None
     if transfer_syntax is not None and transfer_syntax.is_compressed:
         return _decoded_values(path, dataset, transfer_syntax)
-    rows, columns = int(dataset.Rows), int(dataset.Columns)
     bits_allocated = int(dataset.BitsAllocated)
     if bits_allocated not in (8, 16, 32):
         raise SDMCError(f"{path}: BitsAllocated {bits_allocated} is not supported (8, 16 or 32)")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sdmcunet.imageio import read_slice
+from sdmcunet.imageio import read_label_slice
 from sdmcunet.labels import LABELS
 from sdmcunet.utils.errors import SDMCError
 
@@ -46,7 +46,7 @@ def find_label_map(folder: Path, case: str) -> Path | None:
 def read_label_map(path: Path, num_classes: int = len(LABELS)) -> tuple[np.ndarray, tuple[float, float]]:
     """A label map as uint8 and its (row, column) spacing; an error naming the file unless its
     values are whole numbers in 0..num_classes-1."""
-    values, spacing = read_slice(path)
+    values, spacing = read_label_slice(path)
     if not np.issubdtype(values.dtype, np.integer):
         if not np.array_equal(values, np.round(values)):
             raise SDMCError(f"{path}: not a label map (holds non-integer values, dtype {values.dtype})")

@@ -4,15 +4,23 @@ Arrays are (rows, columns) or (rows, columns, components); spacing is (row, colu
 the reverse of SimpleITK's (x, y). Every write is atomic.
 """
 
+import errno
+import gzip
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
 from sdmcunet.utils.errors import SDMCError
-from sdmcunet.utils.files import atomic_path
+from sdmcunet.utils.files import atomic_output
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
+# Where the NIfTI-1 and NIfTI-2 headers (told apart by their size) keep the voxels' data type and offset.
+_NIFTI_HEADERS = {348: {"datatype": (70, "h"), "vox_offset": (108, "f")},
+                  540: {"datatype": (12, "h"), "vox_offset": (168, "q")}}
+_NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}  # NIFTI_TYPE_FLOAT32, NIFTI_TYPE_FLOAT64
 
 
 def is_nifti(path: str | Path) -> bool:
@@ -27,12 +35,52 @@ def read_png(path: str | Path) -> np.ndarray:
 
 def read_nifti(path: str | Path) -> tuple[np.ndarray, tuple[float, float]]:
     """A 2D NIfTI image (or a 3D one with a single slice) and its (row, column) spacing."""
+    path = Path(path)
+    twin = path.with_name(path.name[:-3]) if path.name.lower().endswith(".gz") else None
+    if twin is not None and twin.is_file():  # ITK's reader opens x.nii when asked for x.nii.gz
+        raise SDMCError(f"{path}: {twin.name} lies beside it and would be read instead; remove one of the two")
     array, spacing = _read(path, "NiftiImageIO")
+    if np.issubdtype(array.dtype, np.floating) and _stores_non_finite_values(path, array.size):
+        raise SDMCError(f"{path}: holds NaN or infinite values")
     if array.ndim == 3 and array.shape[0] == 1:  # nnU-Net writes 2D cases as one-slice volumes
         array, spacing = array[0], spacing[1:]
     if array.ndim != 2:
         raise SDMCError(f"{path}: expected a 2D image, found shape {array.shape}")
     return array, spacing
+
+
+def _stores_non_finite_values(path: Path, n_values: int) -> bool:
+    """Whether a float NIfTI file stores NaN or infinite voxels.
+
+    ITK's NIfTI reader silently replaces them with 0, which would hide a corrupt image, so the
+    stored voxels are read here, where the header says they are.
+    """
+    with open(path, "rb") as raw:
+        gzipped = raw.read(2) == b"\x1f\x8b"  # by content, as ITK does, not by name
+    try:
+        with (gzip.open if gzipped else open)(path, "rb") as stream:
+            layout = _float_voxel_layout(stream.read(max(_NIFTI_HEADERS)))
+            if layout is None:
+                return False
+            dtype, offset = layout
+            stream.seek(offset)
+            voxels = np.frombuffer(stream.read(n_values * dtype.itemsize), dtype=dtype)
+    except (OSError, EOFError, ValueError, OverflowError, zlib.error, struct.error) as error:
+        raise SDMCError(f"{path}: cannot be read as Nifti ({error})") from None
+    return not np.isfinite(voxels).all()
+
+
+def _float_voxel_layout(header: bytes) -> tuple[np.dtype, int] | None:
+    """The dtype and file offset of the voxels a NIfTI header describes; None unless they are floats."""
+    for byte_order in "<>":
+        fields = _NIFTI_HEADERS.get(struct.unpack_from(f"{byte_order}i", header)[0])
+        if fields is not None:
+            datatype, vox_offset = (struct.unpack_from(byte_order + code, header, offset)[0]
+                                    for offset, code in fields.values())
+            if datatype not in _NIFTI_FLOAT_TYPES:
+                return None
+            return np.dtype(byte_order + _NIFTI_FLOAT_TYPES[datatype]), int(vox_offset)
+    return None
 
 
 def _read(path: str | Path, image_io: str) -> tuple[np.ndarray, tuple[float, ...]]:
@@ -62,8 +110,9 @@ def write_image(array: np.ndarray, path: str | Path, spacing: tuple[float, float
         raise ValueError(f"PNG holds uint8 or uint16, not {array.dtype} ({path})")
     image = sitk.GetImageFromArray(np.ascontiguousarray(array))
     image.SetSpacing(tuple(float(s) for s in reversed(spacing)))
-    with atomic_path(path) as temporary:
+    with atomic_output(path) as temporary:
         sitk.WriteImage(image, str(temporary), useCompression=True)
+        _check_complete(temporary, array)
 
 
 def write_label_map(label_map: np.ndarray, path: str | Path, spacing: tuple[float, float] = (1.0, 1.0)) -> None:
@@ -77,5 +126,26 @@ def write_rgb_png(picture: np.ndarray, path: str | Path) -> None:
     """Write an (H, W, 3) uint8 picture as an RGB PNG, atomically."""
     if picture.ndim != 3 or picture.shape[2] != 3 or picture.dtype != np.uint8:
         raise ValueError(f"expected an (H, W, 3) uint8 picture for {path}, got {picture.shape} {picture.dtype}")
-    with atomic_path(path) as temporary:
+    with atomic_output(path) as temporary:
         sitk.WriteImage(sitk.GetImageFromArray(np.ascontiguousarray(picture), isVector=True), str(temporary))
+        _check_complete(temporary, picture)
+
+
+def _check_complete(path: Path, array: np.ndarray) -> None:
+    """SimpleITK does not report every failed write: a full disk can leave a PNG or a NIfTI file
+    truncated without an error, and a truncated NIfTI file even reads back, with zeros for the
+    missing voxels. So each file is checked before it replaces its target."""
+    name = path.name.lower()
+    try:
+        if name.endswith(".gz"):  # the gzip trailer holds the length and CRC of the whole content
+            with gzip.open(path) as stream:
+                while stream.read(1 << 20):
+                    pass
+        elif name.endswith(".png"):  # libpng refuses a truncated PNG
+            sitk.ReadImage(str(path))
+        # an uncompressed NIfTI file is (at least) the 348-byte header followed by the voxels
+        complete = not name.endswith(".nii") or path.stat().st_size >= 348 + array.nbytes
+    except (OSError, EOFError, zlib.error, RuntimeError):
+        complete = False
+    if not complete:
+        raise OSError(errno.EIO, "the file is incomplete although SimpleITK reported no error")

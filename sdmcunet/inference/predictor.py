@@ -25,7 +25,7 @@ from sdmcunet.inference.overlays import display_image, lesion_overlay
 from sdmcunet.preprocessing.geometry import Geometry, channels_to_original, probabilities_to_original
 from sdmcunet.preprocessing.preprocessor import preprocess_image
 from sdmcunet.utils.errors import SDMCError
-from sdmcunet.utils.files import atomic_path
+from sdmcunet.utils.files import atomic_output, make_folder
 
 log = logging.getLogger("sdmcunet.inference")
 MIRROR_AXIS = -1  # left-right, the only mirroring of the training augmentation
@@ -120,7 +120,7 @@ def export_case(prepared: PreparedCase, probabilities: np.ndarray, uncertainty: 
         arrays = {"probabilities": original.astype(np.float16)}
         if uncertainty is not None:
             arrays["uncertainty"] = channels_to_original(uncertainty[None], prepared.geometry)[0].astype(np.float16)
-        with atomic_path(extra_paths.pop(0)) as temporary:
+        with atomic_output(extra_paths.pop(0)) as temporary:
             np.savez_compressed(temporary, **arrays)
     if options.overlays:
         write_rgb_png(lesion_overlay(prepared.display, label_map), extra_paths.pop(0))
@@ -134,7 +134,7 @@ def _single_threaded_worker() -> None:
 def predict_folder(model: LoadedModel, listing: InputListing, output: Path, options: PredictionOptions,
                    num_processes: int) -> PredictionRun:
     """Predict every listed case whose outputs are not all there yet (all of them with `overwrite`)."""
-    output.mkdir(parents=True, exist_ok=True)
+    make_folder(output)
     pending, skipped = [], []
     for case in listing.cases.values():
         done = all(path.is_file() for path in output_paths(output, case, options))
@@ -149,16 +149,20 @@ def predict_folder(model: LoadedModel, listing: InputListing, output: Path, opti
     pool = Pool(num_processes, initializer=_single_threaded_worker) if num_processes > 0 else ThreadPool(1)
     with pool, tqdm(total=len(pending), desc="predicting", unit="slice") as progress:
         writes = []
-        for batch in _batches(pool, prepare, pending, batch_size, run.problems):
-            probabilities, uncertainty = predictor.probabilities(np.stack([case.inputs for case in batch]))
-            for index, prepared in enumerate(batch):
-                case_uncertainty = None if uncertainty is None else uncertainty[index]
-                writes.append(pool.apply_async(export_case, (prepared, probabilities[index], case_uncertainty,
-                                                             output, options)))
-                run.predicted.append(prepared.case.name)
-            progress.update(len(batch))
-            writes = _wait_for_old_writes(writes, keep=2 * batch_size)
-        _wait_for_old_writes(writes, keep=0)
+        try:
+            for batch in _batches(pool, prepare, pending, batch_size, run.problems):
+                probabilities, uncertainty = predictor.probabilities(np.stack([case.inputs for case in batch]))
+                for index, prepared in enumerate(batch):
+                    case_uncertainty = None if uncertainty is None else uncertainty[index]
+                    writes.append(pool.apply_async(export_case, (prepared, probabilities[index], case_uncertainty,
+                                                                 output, options)))
+                    run.predicted.append(prepared.case.name)
+                progress.update(len(batch))
+                writes = _wait_for_old_writes(writes, keep=2 * batch_size)
+            _wait_for_old_writes(writes, keep=0)
+        finally:  # after an error, writes in flight end (removing their temporary files) before the pool
+            for write in writes:
+                write.wait()
     return run
 
 

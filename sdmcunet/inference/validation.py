@@ -7,11 +7,11 @@ import numpy as np
 import torch
 
 from sdmcunet.evaluation.metrics import summarise_cases, write_summary
-from sdmcunet.imageio import write_image
+from sdmcunet.imageio import read_label_slice, write_image
 from sdmcunet.preprocessing.geometry import Geometry, probabilities_to_original
-from sdmcunet.raw_dataset import load_dataset_json, read_raw_image
+from sdmcunet.raw_dataset import load_dataset_json
 from sdmcunet.training.data_loading import PreprocessedCases
-from sdmcunet.utils.files import atomic_path
+from sdmcunet.utils.files import atomic_output
 
 log = logging.getLogger("sdmcunet.validation")
 
@@ -36,10 +36,10 @@ def validate_fold(trainer, save_probabilities: bool = False, batch_size: int = 8
             geometry = Geometry.from_json(cases.properties[name]["geometry"])
             original = probabilities_to_original(case_probabilities, geometry)
             label_map = original.argmax(0).astype(np.uint8)
-            reference, spacing = read_raw_image(trainer.preprocessed_folder / "gt_segmentations" / f"{name}{file_ending}")
+            reference, spacing = read_label_slice(trainer.preprocessed_folder / "gt_segmentations" / f"{name}{file_ending}")
             write_image(label_map, output / f"{name}{file_ending}", spacing or (1.0, 1.0))
             if save_probabilities:
-                with atomic_path(output / f"{name}.npz") as temporary:
+                with atomic_output(output / f"{name}.npz") as temporary:
                     np.savez_compressed(temporary, probabilities=original.astype(np.float16))
             scored[name] = (label_map, reference, spacing or (1.0, 1.0))
     summary_path = output / "summary.json"

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sdmcunet.imageio import read_label_slice
 from sdmcunet.preprocessing.geometry import Geometry, head_box, image_to_network, label_to_network, plan_geometry
 from sdmcunet.preprocessing.normalization import normalise
 from sdmcunet.raw_dataset import RawCase, read_raw_image
@@ -43,7 +44,7 @@ def preprocess_case(case: RawCase, configuration: dict, channel_names: dict[int,
     """One raw case -> (input array, label map, properties) in the network geometry."""
     raw = [read_raw_image(path) for path in case.images]
     raw_channels = np.stack([array for array, _ in raw]).astype(np.float32)
-    label_map, _ = read_raw_image(case.label)
+    label_map, _ = read_label_slice(case.label)
     if raw_channels.shape[1:] != label_map.shape:
         raise SDMCError(f"{case.label}: shape {label_map.shape} differs from its image {raw_channels.shape[1:]}")
     if label_map.max(initial=0) >= num_classes:

@@ -2,7 +2,7 @@
 
 A checkpoint is a dict saved by `torch.save`; it is read with `torch.load(weights_only=True)`,
 which refuses any object that could run code. A crash or a full disk while writing leaves the
-previous checkpoint intact (temporary file + rename).
+previous checkpoint intact (temporary file + rename); a failed write is an SDMCError.
 """
 
 from pathlib import Path
@@ -10,19 +10,15 @@ from pathlib import Path
 import torch
 
 from sdmcunet.utils.errors import SDMCError
-from sdmcunet.utils.files import atomic_path
+from sdmcunet.utils.files import atomic_output
 from sdmcunet.utils.safe_load import safe_torch_load
 
 FORMAT = "sdmcunet-checkpoint-1"
 
 
 def save_checkpoint(path: Path, content: dict) -> None:
-    try:
-        with atomic_path(path) as temporary:
-            torch.save({"format": FORMAT, **content}, temporary)
-    except OSError as error:
-        raise SDMCError(f"{path}: could not be written ({error.strerror or error}); "
-                        f"the previous checkpoint, if any, is intact") from None
+    with atomic_output(path) as temporary:
+        torch.save({"format": FORMAT, **content}, temporary)
 
 
 def load_checkpoint(path: Path, trainer_name: str | None = None, mmap: bool = False) -> dict:

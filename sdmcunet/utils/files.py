@@ -2,15 +2,31 @@
 
 import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from sdmcunet.utils.errors import SDMCError
+
 # mkstemp creates files readable by the owner only; outputs get the usual umask-based mode.
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 FILE_MODE = 0o666 & ~_UMASK
+
+
+def make_folder(folder: str | os.PathLike) -> Path:
+    """Create `folder` and its parents unless they exist; an SDMCError naming it when it cannot be
+    (a regular file in the way, no permission, a read-only file system)."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise SDMCError(f"{folder}: exists and is not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise SDMCError(f"{folder}: cannot create the folder ({error.strerror or error})") from None
+    return folder
 
 
 @contextmanager
@@ -21,11 +37,9 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     format from them). On any error the temporary file is removed and `target` is untouched.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(target.suffixes)
-    handle, temporary = tempfile.mkstemp(
-        prefix=f".{target.name.removesuffix(suffix)}.", suffix=f".part{suffix}", dir=target.parent
-    )
+    make_folder(target.parent)
+    prefix, suffix = _temporary_affixes(target.name)
+    handle, temporary = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=target.parent)
     os.close(handle)
     os.chmod(temporary, FILE_MODE)
     temporary = Path(temporary)
@@ -38,8 +52,46 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         temporary.unlink(missing_ok=True)
 
 
+def _temporary_affixes(name: str) -> tuple[str, str]:
+    """Prefix and suffix of `atomic_path`'s temporary files for `name`: hidden, with its suffixes."""
+    suffix = "".join(Path(name).suffixes)
+    return f".{name.removesuffix(suffix)}.", f".part{suffix}"
+
+
+@contextmanager
+def atomic_output(target: str | os.PathLike) -> Iterator[Path]:
+    """`atomic_path` for outputs: a write that fails (a full disk, a quota, a read-only folder) is an
+    SDMCError naming `target`, which keeps its previous content.
+
+    torch reports a failed write as a RuntimeError that hides its reason (SimpleITK too, when it
+    reports one at all), so the free space of the disk is given as well.
+    """
+    try:
+        with atomic_path(target) as temporary:
+            yield temporary
+    except (OSError, RuntimeError) as error:
+        free = shutil.disk_usage(Path(target).parent).free
+        raise SDMCError(f"{target}: could not be written ({_failure_reason(error)}; {free / 2**30:.2f} GB free "
+                        f"on its disk); the previous file, if any, is intact") from None
+
+
+def _failure_reason(error: Exception) -> str:
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    lines = str(error).strip().splitlines()
+    return lines[-1] if lines else type(error).__name__  # ITK's message ends with the reason
+
+
+def remove_unfinished_writes(folder: Path, pattern: str) -> None:
+    """Delete what `atomic_path` left in `folder`, for files named by the glob `pattern`, when its
+    process was killed mid-write. Only for folders that one process writes at a time."""
+    prefix, suffix = _temporary_affixes(pattern)
+    for leftover in folder.glob(f"{prefix}*{suffix}"):
+        leftover.unlink(missing_ok=True)
+
+
 def atomic_write_bytes(target: str | os.PathLike, data: bytes) -> None:
-    with atomic_path(target) as temporary:
+    with atomic_output(target) as temporary:
         temporary.write_bytes(data)
 
 
@@ -49,8 +101,6 @@ def atomic_write_json(target: str | os.PathLike, content: Any) -> None:
 
 
 def read_json(path: str | os.PathLike) -> Any:
-    from sdmcunet.utils.errors import SDMCError
-
     try:
         with open(path, encoding="utf-8") as stream:
             return json.load(stream)

@@ -18,7 +18,7 @@ from torch import nn
 from tqdm import tqdm
 
 from sdmcunet.experiment_planning.plans import configuration
-from sdmcunet.experiment_planning.splits import SPLITS_FILE
+from sdmcunet.experiment_planning.splits import SPLITS_FILE, check_splits_format
 from sdmcunet.inference.validation import validate_fold
 from sdmcunet.training.augmentation import training_transforms
 from sdmcunet.training.checkpoints import load_checkpoint, save_checkpoint
@@ -27,7 +27,7 @@ from sdmcunet.training.distributed import DistributedContext, all_reduce_sum, in
 from sdmcunet.training.model_folder import fold_folder, model_folder, write_model_description
 from sdmcunet.training.progress import TrainingHistory
 from sdmcunet.utils.errors import SDMCError
-from sdmcunet.utils.files import read_json
+from sdmcunet.utils.files import make_folder, read_json, remove_unfinished_writes
 
 log = logging.getLogger("sdmcunet.training")
 
@@ -154,6 +154,7 @@ class Trainer:
         if not splits_path.is_file():
             raise SDMCError(f"{splits_path} missing; run sdmc_plan_and_preprocess, or train fold 'all'")
         splits = read_json(splits_path)
+        check_splits_format(splits, splits_path)
         if not 0 <= int(self.fold) < len(splits):
             raise SDMCError(f"fold {self.fold} does not exist: {splits_path} has folds 0..{len(splits) - 1} (or 'all')")
         return splits[int(self.fold)]["train"], splits[int(self.fold)]["val"]
@@ -198,18 +199,21 @@ class Trainer:
     # --- training ----------------------------------------------------------------------------
     def run_training(self, resume: bool = False) -> None:
         self.initialize()
-        self.output_folder.mkdir(parents=True, exist_ok=True)
-        self._attach_log_file()
-        if self.distributed.is_main:
-            write_model_description(self.model_folder, self.preprocessed_folder, self.plans)
-        if resume:
-            self._resume()
-        log.info("%s, fold %s: started from pretrained weights: %s", type(self).__name__, self.fold,
-                 "yes" if self.started_from_pretrained() else "no (random initialisation)")
+        # The data is checked before anything is written: a training that cannot start leaves no trace.
         train_cases, val_cases = self.split()
         folder = self.preprocessed_folder / self.config["data_identifier"]
         train_data = PreprocessedCases(folder, self.training_case_ids(train_cases))
         val_data = PreprocessedCases(folder, val_cases)
+        make_folder(self.output_folder)
+        self._attach_log_file()
+        if self.distributed.is_main:
+            write_model_description(self.model_folder, self.preprocessed_folder, self.plans)
+            # the checkpoints a killed run was writing: useless, and each as large as a checkpoint
+            remove_unfinished_writes(self.output_folder, "checkpoint_*.pth")
+        if resume:
+            self._resume()
+        log.info("%s, fold %s: started from pretrained weights: %s", type(self).__name__, self.fold,
+                 "yes" if self.started_from_pretrained() else "no (random initialisation)")
         batches = self._training_batches(train_data)
         try:
             while self.epoch < self.schedule["epochs"]:
