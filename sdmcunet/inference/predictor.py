@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from sdmcunet.imageio import write_label_map, write_rgb_png
-from sdmcunet.inference.input_files import InputCase, InputListing, find_input_cases, read_case_channels
+from sdmcunet.inference.input_files import InputCase, InputListing, read_case_channels
 from sdmcunet.inference.model_loading import LoadedModel
 from sdmcunet.inference.overlays import display_image, lesion_overlay
 from sdmcunet.preprocessing.geometry import Geometry, channels_to_original, probabilities_to_original
