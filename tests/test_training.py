@@ -1,3 +1,4 @@
+import logging
 import os
 import signal
 import socket
@@ -51,6 +52,9 @@ def test_every_baseline_trains_a_few_iterations_on_cpu(environment, name):
     assert state["epoch"] == 1 and state["iteration"] == 2 and state["started_from_pretrained"] is False
     assert (folder / "progress.png").stat().st_size > 1000 and (folder / "training_log.txt").is_file()
     assert not (folder / "checkpoint_latest.pth").exists()
+    # the fold's log is closed with its training: later trainings in this process log elsewhere
+    assert not [handler for handler in logging.getLogger("sdmcunet").handlers
+                if isinstance(handler, logging.FileHandler) and "fold_0" in handler.baseFilename]
     assert {"plans.json", "dataset.json", "dataset_fingerprint.json"} <= {p.name for p in folder.parent.iterdir()}
 
 

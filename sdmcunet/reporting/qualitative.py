@@ -13,6 +13,7 @@ from typing import Callable
 import numpy as np
 
 from sdmcunet.evaluation.metrics import NUM_CLASSES
+from sdmcunet.imageio import read_label_slice
 from sdmcunet.labels import HEMORRHAGIC, ISCHEMIC
 from sdmcunet.preprocessing.normalization import normalise
 from sdmcunet.raw_dataset import DatasetJson, image_file_name, label_file_name, read_raw_image
@@ -94,7 +95,7 @@ def display_image(raw_folder: Path | None, case: str, dataset: DatasetJson) -> n
 def _slice_panels(case: str, reference: np.ndarray, folds: dict[str, Fold], image: np.ndarray | None,
                  file_ending: str) -> list[np.ndarray]:
     """CT alone, then the reference and each model's prediction over it."""
-    predictions = [read_raw_image(fold.validation / label_file_name(case, file_ending))[0] for fold in folds.values()]
+    predictions = [read_label_slice(fold.validation / label_file_name(case, file_ending))[0] for fold in folds.values()]
     return [overlay(image, np.zeros(reference.shape, dtype=np.uint8)),
             *(overlay(image, label_map) for label_map in [reference, *predictions])]
 
@@ -116,7 +117,7 @@ def qualitative_section(results: Results) -> Section:
     references = {case: references_folder / label_file_name(case, ending)
                   for case in sorted(set.intersection(*(predicted_cases(fold, ending) for fold in folds.values())))}
     # only the class areas are kept: a fold of the full dataset holds over a thousand 512x512 slices
-    chosen = choose_slices({case: class_areas(read_raw_image(path)[0]) for case, path in references.items()
+    chosen = choose_slices({case: class_areas(read_label_slice(path)[0]) for case, path in references.items()
                             if path.is_file()})
     if not chosen:
         section.blocks.append(f"There is no qualitative comparison: {references_folder} holds no reference label map "
@@ -127,7 +128,7 @@ def qualitative_section(results: Results) -> Section:
         image = display_image(results.raw_folder, case, results.dataset)
         if image is None:
             without_image.append(case)
-        panels.append(_slice_panels(case, read_raw_image(references[case])[0], folds, image, ending))
+        panels.append(_slice_panels(case, read_label_slice(references[case])[0], folds, image, ending))
     caption = (f"Validation slices of fold {fold_name} (one per lesion kind, of median lesion area): the CT (brain "
                f"window 0-80 HU, or the PNG), the reference and each model's prediction.")
     missing_models = [model.trainer for model in results.segmentation_models if model.trainer not in folds]

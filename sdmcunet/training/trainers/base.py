@@ -8,7 +8,9 @@ schedule, AMP, clipping, DDP, checkpoints, resume, logging, validation) lives he
 import logging
 import math
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -205,7 +207,10 @@ class Trainer:
         train_data = PreprocessedCases(folder, self.training_case_ids(train_cases))
         val_data = PreprocessedCases(folder, val_cases)
         make_folder(self.output_folder)
-        self._attach_log_file()
+        with self._log_file():
+            self._train(train_data, val_data, resume)
+
+    def _train(self, train_data: PreprocessedCases, val_data: PreprocessedCases, resume: bool) -> None:
         if self.distributed.is_main:
             write_model_description(self.model_folder, self.preprocessed_folder, self.plans)
             # the checkpoints a killed run was writing: useless, and each as large as a checkpoint
@@ -322,8 +327,18 @@ class Trainer:
         selection = float(np.mean(iou if self.settings["selection_metric"] == "IoU" else dice))
         return total_loss / n_batches, dice, selection
 
-    def _attach_log_file(self) -> None:
-        if self.distributed.is_main:
-            handler = logging.FileHandler(self.output_folder / "training_log.txt")
-            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-            logging.getLogger("sdmcunet").addHandler(handler)
+    @contextmanager
+    def _log_file(self) -> Iterator[None]:
+        """The training log of this fold, for as long as it trains (not for later trainings in this process)."""
+        if not self.distributed.is_main:
+            yield
+            return
+        handler = logging.FileHandler(self.output_folder / "training_log.txt")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        logger = logging.getLogger("sdmcunet")
+        logger.addHandler(handler)
+        try:
+            yield
+        finally:
+            logger.removeHandler(handler)
+            handler.close()
