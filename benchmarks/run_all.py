@@ -9,7 +9,7 @@ trainings or workers it starts), and writes
 - `benchmarks/results.json` and `benchmarks/results.md`: per stage, the figure, the peer it is
   measured against in the same run, their ratio, the target and the peak memory.
 
-    python benchmarks/run_all.py                          # everything (about 1.5 h on 2 cores)
+    python benchmarks/run_all.py                          # everything (about an hour on 2 cores)
     python benchmarks/run_all.py --stages inference       # one stage again, table rebuilt
     python benchmarks/run_all.py --training-minutes 2 --sdmc-minutes 3   # shorter quality runs
 """

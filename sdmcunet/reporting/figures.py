@@ -12,7 +12,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
 from sdmcunet.inference.overlays import lesion_overlay, mask_picture
-from sdmcunet.labels import CLASS_ABBREVIATIONS, MASK_IMAGE_COLOURS
+from sdmcunet.labels import CLASS_ABBREVIATIONS, MASK_IMAGE_COLOURS, NON_STROKE
 from sdmcunet.training.progress import TrainingHistory
 
 PANEL_INCHES = 2.4
@@ -33,15 +33,17 @@ def overlay(grey: np.ndarray | None, label_map: np.ndarray) -> np.ndarray:
     return lesion_overlay(np.round(np.clip(grey, 0, 1) * 255).astype(np.uint8), label_map) / 255
 
 
-def _class_legend(figure: Figure) -> None:
+def _class_legend(figure: Figure, with_non_stroke: bool) -> None:
+    # non-stroke has a colour only in mask pictures; over a CT it is left uncoloured
     handles = [Patch(color=np.asarray(colour) / 255, label=CLASS_ABBREVIATIONS[label])
-               for label, colour in sorted(MASK_IMAGE_COLOURS.items())]
+               for label, colour in sorted(MASK_IMAGE_COLOURS.items()) if label != NON_STROKE or with_non_stroke]
     figure.legend(handles=handles, loc="upper right", ncols=len(handles), frameon=False)
 
 
 def image_grid(panels: list[list[np.ndarray]], column_titles: list[str], row_titles: list[str],
-               panel_notes: list[list[str]] | None = None) -> bytes:
-    """A grid of RGB panels: one row per slice, one column per source, with the class legend."""
+               panel_notes: list[list[str]] | None = None, mask_pictures: bool = False) -> bytes:
+    """A grid of RGB panels: one row per slice, one column per source, with the class legend
+    (non-stroke included when the panels are mask pictures rather than overlays)."""
     n_rows, n_columns = len(panels), len(column_titles)
     figure = Figure(figsize=(PANEL_INCHES * n_columns, PANEL_INCHES * n_rows + 0.6))
     axes = figure.subplots(n_rows, n_columns, squeeze=False)
@@ -56,7 +58,7 @@ def image_grid(panels: list[list[np.ndarray]], column_titles: list[str], row_tit
             if panel_notes is not None:
                 ax.set_xlabel(panel_notes[row][column], fontsize=8)
         axes[row, 0].set_ylabel(row_title, fontsize=8)
-    _class_legend(figure)
+    _class_legend(figure, mask_pictures)
     return figure_png(figure)
 
 

@@ -130,6 +130,7 @@ def reconstruction_section(results: Results) -> Section:
     caption = (f"Reference masks of fold {fold.name} at the plans' image size, reconstructed (posterior mode, argmax "
                f"over the class channels) by the pretrained and the fine-tuned mask autoencoder; DSC: mean over the "
                f"lesion classes present. Pretrained: {pretrained.source}. Fine-tuned: {fine_tuned.source}.")
-    png = image_grid(panels, ["reference mask", "pretrained VAE", "fine-tuned VAE"], list(masks), notes)
+    png = image_grid(panels, ["reference mask", "pretrained VAE", "fine-tuned VAE"], list(masks), notes,
+                     mask_pictures=True)
     section.blocks.append(Figure("mask_reconstruction", png, caption))
     return section
