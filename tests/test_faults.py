@@ -26,6 +26,7 @@ import torch
 from conftest import make_preprocessed_dataset
 from fault_injection import CommandServer, Run
 
+from sdmcunet.experiment_planning import plan_and_preprocess
 from sdmcunet.experiment_planning.plans import plans_path, save_plans
 from sdmcunet.imageio import read_png, write_label_map
 from sdmcunet.imageio.label_map_folders import label_map_files, read_label_map
@@ -349,6 +350,22 @@ def test_a_full_disk_while_writing_predictions_stops_and_keeps_the_previous_outp
     for name in previous:  # each output is its previous version or the complete new one
         assert (output / name).read_bytes() == previous[name] or \
             np.array_equal(read_output(output / name), read_output(reference / name)), name
+
+
+def test_a_full_disk_while_preprocessing_stops_with_a_clear_error_and_a_rerun_completes(data, one_thread,
+                                                                                       monkeypatch, capsys, tmp_path):
+    for variable, folder in folders(data, SDMC_preprocessed=tmp_path).items():
+        monkeypatch.setenv(variable, str(folder))
+    arguments = [*PREPROCESSING[:-1], "1"]  # one process: the failing writer is this process's
+    with monkeypatch.context() as full_disk:
+        fill_the_disk_from_call(full_disk, np, "save", 5)
+        assert plan_and_preprocess.main(arguments) == 2
+    error = error_line(capsys.readouterr().err)
+    match = re.fullmatch(rf"error: {tmp_path / NAME}/\S+/(\S+\.npy): {WRITE_FAILED}", error)
+    assert match and match["reason"] == "No space left on device", error
+    assert not hidden_files(tmp_path)
+    assert plan_and_preprocess.main(arguments) == 0  # space freed: the rest is preprocessed
+    assert not hidden_files(tmp_path)
 
 
 # A file size limit (RLIMIT_FSIZE) makes the OS refuse writes as a full disk does: what torch and

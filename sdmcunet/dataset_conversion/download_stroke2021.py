@@ -28,7 +28,7 @@ from tqdm import tqdm
 from sdmcunet.dataset_conversion.safe_extract import ensure_free_destination, is_extracted, safe_extract
 from sdmcunet.utils.cli import configure_logging, console_entry
 from sdmcunet.utils.errors import SDMCError
-from sdmcunet.utils.files import atomic_path, make_folder
+from sdmcunet.utils.files import atomic_output, make_folder
 
 BASE_URL = "https://acikveri.saglik.gov.tr"
 GROUPS: dict[str, range] = {
@@ -123,7 +123,7 @@ def download_part(url: str, destination: Path, options: DownloadOptions) -> None
 
 def concatenate_parts(parts: Sequence[Path], archive: Path) -> None:
     """Join `parts` byte by byte, in the given order, into `archive`; it appears only when complete."""
-    with atomic_path(archive) as temporary, open(temporary, "wb") as sink:
+    with atomic_output(archive) as temporary, open(temporary, "wb") as sink:
         for part in parts:
             with open(part, "rb") as source:
                 shutil.copyfileobj(source, sink, _CHUNK_BYTES)

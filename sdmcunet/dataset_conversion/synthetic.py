@@ -44,7 +44,7 @@ from sdmcunet.dataset_conversion.phantom import Patient, Stream, draw_patient, r
 from sdmcunet.labels import HEMORRHAGIC, ISCHEMIC
 from sdmcunet.utils.cli import console_entry
 from sdmcunet.utils.errors import SDMCError
-from sdmcunet.utils.files import atomic_path, atomic_write_json, read_json
+from sdmcunet.utils.files import atomic_output, atomic_write_json, read_json
 
 CLASS_FOLDERS = ("Hemorrhagic", "Ischemic", "Non-Stroke")
 MARKER_NAME = "synthetic.json"
@@ -187,7 +187,7 @@ def _write_slice(training: Path, record: SliceRecord) -> str:
 
 
 def _write_png(target: Path, rgba: np.ndarray) -> None:
-    with atomic_path(target) as temporary:
+    with atomic_output(target) as temporary:
         Image.fromarray(rgba).save(temporary, format="PNG")
 
 
@@ -232,7 +232,7 @@ def _write_dicom(target: Path, record: SliceRecord, hounsfield: np.ndarray) -> N
     dataset.RescaleIntercept, dataset.RescaleSlope, dataset.RescaleType = intercept, 1, "HU"
     dataset.WindowCenter, dataset.WindowWidth = WINDOW_LEVEL_HU, WINDOW_WIDTH_HU
     dataset.PixelData = stored.tobytes()
-    with atomic_path(target) as temporary:
+    with atomic_output(target) as temporary:
         dataset.save_as(temporary, enforce_file_format=True)
 
 

@@ -21,7 +21,7 @@ from sdmcunet.imageio import write_label_map
 from sdmcunet.imageio.label_map_folders import find_label_map, label_map_ending, read_label_map
 from sdmcunet.utils.cli import add_num_processes_argument, configure_logging, console_entry
 from sdmcunet.utils.errors import SDMCError
-from sdmcunet.utils.files import atomic_path
+from sdmcunet.utils.files import atomic_output
 from sdmcunet.utils.listing import listed
 from sdmcunet.utils.parallel import parallel_map
 
@@ -94,7 +94,7 @@ def load_probabilities(path: Path) -> np.ndarray:
 
 
 def save_probabilities(path: Path, probabilities: np.ndarray) -> None:
-    with atomic_path(path) as temporary:
+    with atomic_output(path) as temporary:
         np.savez_compressed(temporary, **{PROBABILITIES_KEY: probabilities.astype(np.float16)})
 
 

@@ -22,7 +22,7 @@ from sdmcunet.preprocessing.geometry import Geometry, head_box, image_to_network
 from sdmcunet.preprocessing.normalization import normalise
 from sdmcunet.raw_dataset import RawCase, read_raw_image
 from sdmcunet.utils.errors import SDMCError
-from sdmcunet.utils.files import atomic_path, atomic_write_json, read_json
+from sdmcunet.utils.files import atomic_output, atomic_write_json, read_json
 from sdmcunet.utils.parallel import parallel_map
 
 log = logging.getLogger("sdmcunet.preprocess")
@@ -95,7 +95,7 @@ def _process_and_save(item: tuple[str, RawCase], output: Path, configuration: di
     seed = int(hashlib.sha256(case_id.encode()).hexdigest()[:8], 16)  # same samples on every run
     inputs, labels, properties = preprocess_case(case, configuration, channel_names, num_classes, seed)
     for suffix, array in ((".npy", inputs), ("_seg.npy", labels)):
-        with atomic_path(output / f"{case_id}{suffix}") as temporary:
+        with atomic_output(output / f"{case_id}{suffix}") as temporary:
             np.save(temporary, array)
     atomic_write_json(output / f"{case_id}.json", properties | {"preprocessing_key": key, "source": _source_stamp(case)})
     return case_id
@@ -131,7 +131,7 @@ def _copy_ground_truth(cases: dict[str, RawCase], gt_folder: Path) -> None:
     for case in cases.values():
         target = gt_folder / case.label.name
         if not target.is_file() or target.stat().st_size != case.label.stat().st_size:
-            with atomic_path(target) as temporary:
+            with atomic_output(target) as temporary:
                 shutil.copyfile(case.label, temporary)
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sdmcunet.utils.files import atomic_path
+from sdmcunet.utils.files import atomic_output
 
 
 @dataclass
@@ -50,6 +50,6 @@ class TrainingHistory:
         seconds.set_ylabel("epoch time (s)")
         rates.set_xlabel("epoch")
         figure.tight_layout()
-        with atomic_path(path) as temporary:
+        with atomic_output(path) as temporary:
             figure.savefig(temporary, dpi=80)
         plt.close(figure)
