@@ -11,7 +11,6 @@ of the first folder's label map of that case.
 import argparse
 import functools
 import logging
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,14 +18,13 @@ import numpy as np
 
 from sdmcunet.imageio import write_label_map
 from sdmcunet.imageio.label_map_folders import find_label_map, label_map_ending, read_label_map
+from sdmcunet.imageio.probabilities import load_probabilities, save_probabilities
 from sdmcunet.utils.cli import add_num_processes_argument, configure_logging, console_entry
 from sdmcunet.utils.errors import SDMCError
-from sdmcunet.utils.files import atomic_output
 from sdmcunet.utils.listing import listed
 from sdmcunet.utils.parallel import parallel_map
 
 log = logging.getLogger("sdmcunet.ensembling")
-PROBABILITIES_KEY = "probabilities"
 
 
 @dataclass(frozen=True)
@@ -78,24 +76,6 @@ def ensemble_jobs(folders: list[Path], output: Path, cases: list[str]) -> list[E
     return [EnsembleJob(case, tuple(probability_file(folder, case) for folder in folders), label_maps[case],
                         output / f"{case}{label_map_ending(label_maps[case].name)}")
             for case in cases]
-
-
-def load_probabilities(path: Path) -> np.ndarray:
-    try:
-        with np.load(path) as content:
-            probabilities = content[PROBABILITIES_KEY]
-    except (OSError, ValueError, zipfile.BadZipFile) as error:
-        raise SDMCError(f"{path}: cannot be read as .npz ({error})") from None
-    except KeyError:
-        raise SDMCError(f"{path}: no '{PROBABILITIES_KEY}' array") from None
-    if probabilities.ndim != 3:
-        raise SDMCError(f"{path}: expected probabilities of shape (classes, rows, columns), got {probabilities.shape}")
-    return probabilities
-
-
-def save_probabilities(path: Path, probabilities: np.ndarray) -> None:
-    with atomic_output(path) as temporary:
-        np.savez_compressed(temporary, **{PROBABILITIES_KEY: probabilities.astype(np.float16)})
 
 
 def mean_probabilities(paths: tuple[Path, ...]) -> np.ndarray:

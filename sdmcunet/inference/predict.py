@@ -16,6 +16,7 @@ from sdmcunet.inference.predictor import PredictionOptions, predict_folder
 from sdmcunet.utils.cli import configure_logging, console_entry
 from sdmcunet.utils.errors import SDMCError
 from sdmcunet.utils.files import atomic_write_json
+from sdmcunet.utils.listing import listed
 
 log = logging.getLogger("sdmcunet.inference")
 RUN_RECORD = "prediction_info.json"
@@ -89,8 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     })
     print(f"{len(run.predicted)} slice(s) predicted, {len(run.skipped)} already done, into {args.output}")
     if run.problems:
-        listed = "; ".join(f"{name}: {reason}" for name, reason in sorted(run.problems.items()))
-        raise SDMCError(f"{len(run.problems)} input(s) could not be predicted (the rest were): {listed}")
+        reasons = listed((f"{name}: {reason}" for name, reason in sorted(run.problems.items())), separator="; ")
+        raise SDMCError(f"{len(run.problems)} input(s) could not be predicted (the rest were): {reasons}")
     return 0
 
 

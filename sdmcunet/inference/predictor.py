@@ -19,13 +19,14 @@ import torch
 from tqdm import tqdm
 
 from sdmcunet.imageio import write_label_map, write_rgb_png
+from sdmcunet.imageio.probabilities import save_probabilities
 from sdmcunet.inference.input_files import InputCase, InputListing, read_case_channels
 from sdmcunet.inference.model_loading import LoadedModel
 from sdmcunet.inference.overlays import display_image, lesion_overlay
 from sdmcunet.preprocessing.geometry import Geometry, channels_to_original, probabilities_to_original
 from sdmcunet.preprocessing.preprocessor import preprocess_image
 from sdmcunet.utils.errors import SDMCError
-from sdmcunet.utils.files import atomic_output, make_folder
+from sdmcunet.utils.files import make_folder
 
 log = logging.getLogger("sdmcunet.inference")
 MIRROR_AXIS = -1  # left-right, the only mirroring of the training augmentation
@@ -117,11 +118,9 @@ def export_case(prepared: PreparedCase, probabilities: np.ndarray, uncertainty: 
     label_map = original.argmax(0).astype(np.uint8)
     label_path, *extra_paths = output_paths(output, prepared.case, options)
     if options.save_probabilities:
-        arrays = {"probabilities": original.astype(np.float16)}
-        if uncertainty is not None:
-            arrays["uncertainty"] = channels_to_original(uncertainty[None], prepared.geometry)[0].astype(np.float16)
-        with atomic_output(extra_paths.pop(0)) as temporary:
-            np.savez_compressed(temporary, **arrays)
+        original_uncertainty = None if uncertainty is None else channels_to_original(uncertainty[None],
+                                                                                      prepared.geometry)[0]
+        save_probabilities(extra_paths.pop(0), original, original_uncertainty)
     if options.overlays:
         write_rgb_png(lesion_overlay(prepared.display, label_map), extra_paths.pop(0))
     write_label_map(label_map, label_path, prepared.spacing)  # last: a label map means the case is complete

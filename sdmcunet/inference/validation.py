@@ -8,10 +8,10 @@ import torch
 
 from sdmcunet.evaluation.metrics import summarise_cases, write_summary
 from sdmcunet.imageio import read_label_slice, write_image
+from sdmcunet.imageio.probabilities import save_probabilities as write_probabilities
 from sdmcunet.preprocessing.geometry import Geometry, probabilities_to_original
 from sdmcunet.raw_dataset import load_dataset_json
 from sdmcunet.training.data_loading import PreprocessedCases
-from sdmcunet.utils.files import atomic_output
 
 log = logging.getLogger("sdmcunet.validation")
 
@@ -39,8 +39,7 @@ def validate_fold(trainer, save_probabilities: bool = False, batch_size: int = 8
             reference, spacing = read_label_slice(trainer.preprocessed_folder / "gt_segmentations" / f"{name}{file_ending}")
             write_image(label_map, output / f"{name}{file_ending}", spacing or (1.0, 1.0))
             if save_probabilities:
-                with atomic_output(output / f"{name}.npz") as temporary:
-                    np.savez_compressed(temporary, probabilities=original.astype(np.float16))
+                write_probabilities(output / f"{name}.npz", original)
             scored[name] = (label_map, reference, spacing or (1.0, 1.0))
     summary_path = output / "summary.json"
     write_summary(summary_path, summarise_cases(scored))

@@ -26,11 +26,11 @@ def figure_png(figure: Figure) -> bytes:
 
 
 def overlay(grey: np.ndarray | None, label_map: np.ndarray) -> np.ndarray:
-    """(H, W, 3) RGB in [0, 1]: the lesions in their colours over `grey` (in [0, 1]), as `sdmc_predict
+    """(H, W, 3) RGB in [0, 1]: the lesions in their colours over `grey` (uint8), as `sdmc_predict
     --overlays` draws them; without an image, the mask colour image (non-stroke red)."""
     if grey is None:
         return mask_picture(label_map) / 255
-    return lesion_overlay(np.round(np.clip(grey, 0, 1) * 255).astype(np.uint8), label_map) / 255
+    return lesion_overlay(grey, label_map) / 255
 
 
 def _class_legend(figure: Figure, with_non_stroke: bool) -> None:

@@ -14,15 +14,12 @@ import numpy as np
 
 from sdmcunet.evaluation.metrics import NUM_CLASSES
 from sdmcunet.imageio import read_label_slice
+from sdmcunet.inference.overlays import display_image
 from sdmcunet.labels import HEMORRHAGIC, ISCHEMIC
-from sdmcunet.preprocessing.normalization import normalise
 from sdmcunet.raw_dataset import DatasetJson, image_file_name, label_file_name, read_raw_image
 from sdmcunet.reporting.collect import Fold, Model, Results
 from sdmcunet.reporting.document import Figure, Section
 from sdmcunet.reporting.figures import image_grid, overlay
-
-# Level 40 HU, width 80 HU: the usual window for reading stroke on non-contrast CT.
-BRAIN_WINDOW_HU = [0.0, 80.0]
 
 
 @dataclass(frozen=True)
@@ -77,8 +74,8 @@ def fold_to_show(models: list[Model], file_ending: str) -> tuple[str, dict[str, 
     return name, by_fold[name]
 
 
-def display_image(raw_folder: Path | None, case: str, dataset: DatasetJson) -> np.ndarray | None:
-    """The slice for display in [0, 1]: CT in the brain window, else the PNG min-max scaled."""
+def slice_picture(raw_folder: Path | None, case: str, dataset: DatasetJson) -> np.ndarray | None:
+    """The slice for display, uint8: CT in the brain window, else the PNG min-max scaled."""
     if raw_folder is None:
         return None
     channels = {name.upper(): channel for channel, name in dataset.channel_names.items()}
@@ -86,10 +83,7 @@ def display_image(raw_folder: Path | None, case: str, dataset: DatasetJson) -> n
     path = raw_folder / "imagesTr" / image_file_name(case, channel, dataset.file_ending)
     if not path.is_file():
         return None
-    image, _ = read_raw_image(path)
-    scaling = ({"normalization": "window", "window": BRAIN_WINDOW_HU} if "CT" in channels
-               else {"normalization": "min_max_per_image"})
-    return normalise(image[None], [{"source_channel": 0, **scaling}])[0]
+    return display_image(read_raw_image(path)[0], "CT" in channels)
 
 
 def _slice_panels(case: str, reference: np.ndarray, folds: dict[str, Fold], image: np.ndarray | None,
@@ -125,7 +119,7 @@ def qualitative_section(results: Results) -> Section:
         return section
     panels, without_image = [], []
     for case, _ in chosen:
-        image = display_image(results.raw_folder, case, results.dataset)
+        image = slice_picture(results.raw_folder, case, results.dataset)
         if image is None:
             without_image.append(case)
         panels.append(_slice_panels(case, read_label_slice(references[case])[0], folds, image, ending))
