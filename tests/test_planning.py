@@ -95,6 +95,7 @@ def test_cpu_plans_validate_and_hold_every_decision(dirs):
     assert config["input_channels"] == [{"name": "PNG", "source_channel": 1, "normalization": "min_max_per_image"}]
     assert set(config["families"]) == {"baseline", "sdmc", "mask_autoencoder"}
     assert config["families"]["sdmc"]["size_preset"] == "tiny"
+    assert config["families"]["sdmc"]["diffusion"]["prediction_type"] == "v_prediction"
     assert set(config["families"]["baseline"]["networks"]) == {"UNet", "ResUNet34", "SegResNet", "SwinUNETR"}
 
 
@@ -105,6 +106,7 @@ def test_cpu_plans_validate_and_hold_every_decision(dirs):
     (lambda c: c["input_channels"][0].update(source_channel=7), "source_channel"),
     (lambda c: c["families"]["baseline"].update(batch_size=0), "batch_size"),
     (lambda c: c["families"]["sdmc"]["schedule"].update(learning_rate=-1), "learning_rate"),
+    (lambda c: c["families"]["sdmc"]["diffusion"].update(prediction_type="x0"), "diffusion.prediction_type"),
     (lambda c: c.pop("families"), "missing families"),
 ])
 def test_invalid_plans_edits_are_refused_with_the_field_named(dirs, edit, message):

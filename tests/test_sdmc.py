@@ -48,9 +48,10 @@ def make_trainer(name, preprocessed, epochs=1, iterations=2, options=None):
                               options=options)
 
 
-def tiny_model(latent_size=8) -> SDMCSeg:
+def tiny_model(latent_size=8, prediction_type="epsilon") -> SDMCSeg:
+    """The CPU plan's SDMC sizes; epsilon prediction (the published formulas) unless told."""
     family = cpu_families()["sdmc"]
-    return SDMCSeg(family["networks"], family["diffusion"], latent_size)
+    return SDMCSeg(family["networks"], dict(family["diffusion"], prediction_type=prediction_type), latent_size)
 
 
 def test_colour_encoding_round_trip():
@@ -87,6 +88,23 @@ def test_loss_matches_a_hand_computation_of_the_published_formulas():
     z0_hat = (1 / abar).sqrt() * z_t - (1 / abar - 1).sqrt() * eps_hat
     expected = (eps_hat - eps).abs().mean() + (z0_hat - z0).abs().mean()
     assert torch.allclose(loss, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_each_prediction_type_recovers_the_noise_and_the_latent_from_its_exact_target(prediction_type):
+    """The UNet output a perfect model of each parameterisation gives yields eps_hat = eps, z0_hat = z0."""
+    model = tiny_model(prediction_type=prediction_type)
+    z0, eps, t = torch.randn(4, 4, 8, 8), torch.randn(4, 4, 8, 8), torch.tensor([0, 10, 500, 999])
+    abar = model.alphas_cumprod[t].view(-1, 1, 1, 1).double()
+    z_t = abar.sqrt() * z0 + (1 - abar).sqrt() * eps
+    target = {"epsilon": eps, "sample": z0, "v_prediction": abar.sqrt() * eps - (1 - abar).sqrt() * z0}[prediction_type]
+    eps_hat, z0_hat = model.estimates(z_t, target.double(), t)
+    assert torch.allclose(eps_hat, eps.double(), atol=1e-4) and torch.allclose(z0_hat, z0.double(), atol=1e-4)
+
+
+def test_an_unknown_prediction_type_is_refused():
+    with pytest.raises(ValueError, match="prediction_type 'x0'"):
+        tiny_model(prediction_type="x0")
 
 
 def test_single_step_inference_is_reproducible_and_gives_uncertainty():

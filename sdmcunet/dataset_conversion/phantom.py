@@ -351,7 +351,10 @@ def _lesions(patient: Patient, geometry: _Geometry, level_mm: float, allowed: np
         box = _lesion_box(lesion, patient)
         depth = _lesion_core(lesion, geometry, level_mm, box)
         inside = (depth > 0) & allowed[box] & (lesion.side * geometry.lateral[box] > 0)
-        label_map[box][inside] = lesion.label
+        # The label follows the edge a reader traces: where the contrast reaches half its full
+        # value. The fainter rim, and a cut near a lesion's pole that never reaches half, show
+        # in the image unlabelled, as partial-volume tails do in real CT.
+        label_map[box][inside & (depth >= lesion.edge_softness / 2)] = lesion.label
         # soft-edged, slightly heterogeneous; where lesions overlap the stronger one shows
         change = lesion.contrast_hu * np.clip(depth / lesion.edge_softness, 0, 1) * (1 + 0.15 * texture[box])
         change = np.where(inside, change, 0)

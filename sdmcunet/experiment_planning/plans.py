@@ -16,6 +16,7 @@ INTERPOLATIONS = ("bilinear", "bicubic")
 FAMILIES = ("baseline", "sdmc", "mask_autoencoder")
 LR_DECAYS = ("constant", "poly")
 OPTIMIZERS = ("adam", "adamw")
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")  # what the SDMC denoiser outputs
 SELECTION_METRICS = ("IoU", "Dice")
 NETWORK_DIVISOR = 32  # five 2x downsamplings (U-Nets, Swin-UNETR) and the VAE's factor 8
 TOP_LEVEL_KEYS = ("plans_name", "planner", "dataset_name", "num_input_channels_raw", "labels", "configurations")
@@ -178,6 +179,9 @@ def _family_problems(settings: dict) -> list[str]:
         problems.append(f"schedule.optimizer must be one of {OPTIMIZERS}")
     if not isinstance(settings.get("networks"), dict) or not settings["networks"]:
         problems.append("networks must name at least one network size")
+    diffusion = settings.get("diffusion", {})
+    if isinstance(diffusion, dict) and diffusion.get("prediction_type", "epsilon") not in PREDICTION_TYPES:
+        problems.append(f"diffusion.prediction_type must be one of {PREDICTION_TYPES}, got {diffusion['prediction_type']!r}")
     return problems
 
 

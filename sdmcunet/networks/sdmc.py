@@ -7,6 +7,14 @@
                loss = mean|eps_hat - eps| + mean|z0_hat - z0|
     inference: z_T ~ N(0, I), t = T - 1, one UNet call, z0_hat decoded, argmax over the class channels.
 
+The published UNet predicts the noise ("epsilon"). The plans' `prediction_type` may instead
+name diffusers' "v_prediction" (v = sqrt(abar) eps - sqrt(1 - abar) z0) or "sample" (z0): the
+UNet output is then converted to the same eps_hat and z0_hat and the loss is unchanged. It
+matters at t = T - 1, the one step inference takes: there z0_hat = 38.7 (z_T - eps_hat), so an
+epsilon UNet must match the noise to within a fortieth of the mask latent's scale before the
+mask shows. The published UNet learns that in 300 GPU epochs; a CPU plan's small UNet does not
+in minutes. A v UNet outputs about -z0 there, and at no t is its error amplified.
+
 The decoded class channels (about -1..1) are turned into probabilities by clipping to [0, 1]
 and normalising, so that several noise draws, folds or models can be averaged.
 """
@@ -17,6 +25,7 @@ from diffusers.models.resnet import ResnetBlock2D
 from torch import nn
 from torch.nn import functional as F
 
+from sdmcunet.experiment_planning.plans import PREDICTION_TYPES
 from sdmcunet.networks.latent_diffusion import LATENT_CHANNELS, build_autoencoder, build_denoiser
 
 NUM_MASK_COLOURS = 3  # non-stroke, ischemic, hemorrhagic -> red, green, blue
@@ -62,6 +71,9 @@ class SDMCSeg(nn.Module):
         self.image_encoder = ImageEncoder(networks["autoencoder"], networks["image_encoder"]["dropout"])
         self.denoiser = build_denoiser(networks["denoiser"], latent_size)
         self.register_buffer("alphas_cumprod", noise_schedule(diffusion).alphas_cumprod.float())
+        if diffusion["prediction_type"] not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type {diffusion['prediction_type']!r} is not one of {', '.join(PREDICTION_TYPES)}")
+        self.prediction_type = diffusion["prediction_type"]
         # 1/std of the first training batch's mask latents; 0 until that batch is seen
         self.register_buffer("scale_factor", torch.zeros(()))
 
@@ -87,9 +99,16 @@ class SDMCSeg(nn.Module):
         """(B, 1, H, W) CT in [0, 1] -> image latent, the PNG channel as the published model reads it."""
         return self.image_encoder((image[:, :1] * 2 - 1).repeat(1, 3, 1, 1))
 
-    def _x0_from_noise(self, noisy: torch.Tensor, predicted_noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    def estimates(self, noisy: torch.Tensor, output: torch.Tensor,
+                  timesteps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(eps_hat, z0_hat) from the UNet `output` for the noisy latent z_t."""
         alpha_bar = self.alphas_cumprod[timesteps].view(-1, 1, 1, 1)
-        return torch.sqrt(1 / alpha_bar) * noisy - torch.sqrt(1 / alpha_bar - 1) * predicted_noise
+        signal, noise = torch.sqrt(alpha_bar), torch.sqrt(1 - alpha_bar)
+        if self.prediction_type == "epsilon":
+            return output, (noisy - noise * output) / signal
+        if self.prediction_type == "sample":
+            return (noisy - signal * output) / noise, output
+        return noise * noisy + signal * output, signal * noisy - noise * output  # v_prediction
 
     def forward(self, image: torch.Tensor, label_map: torch.Tensor) -> torch.Tensor:
         """The training loss (forward, so that DistributedDataParallel synchronises its gradients)."""
@@ -103,8 +122,8 @@ class SDMCSeg(nn.Module):
         noise = torch.randn_like(mask_latent)
         alpha_bar = self.alphas_cumprod[timesteps].view(-1, 1, 1, 1)
         noisy = torch.sqrt(alpha_bar) * mask_latent + torch.sqrt(1 - alpha_bar) * noise
-        predicted_noise = (denoiser or self.denoiser)(torch.cat([noisy, image_latent], dim=1), timesteps).sample
-        predicted_latent = self._x0_from_noise(noisy, predicted_noise, timesteps)
+        output = (denoiser or self.denoiser)(torch.cat([noisy, image_latent], dim=1), timesteps).sample
+        predicted_noise, predicted_latent = self.estimates(noisy, output, timesteps)
         return F.l1_loss(predicted_noise, noise) + F.l1_loss(predicted_latent, mask_latent)
 
     @torch.no_grad()
@@ -116,8 +135,8 @@ class SDMCSeg(nn.Module):
         draws = []
         for _ in range(n_samples):
             noise = torch.randn(image_latent.shape, generator=generator, device=image.device, dtype=image_latent.dtype)
-            predicted_noise = (denoiser or self.denoiser)(torch.cat([noise, image_latent], dim=1), timesteps).sample
-            latent = self._x0_from_noise(noise, predicted_noise, timesteps) / self.scale_factor
+            output = (denoiser or self.denoiser)(torch.cat([noise, image_latent], dim=1), timesteps).sample
+            latent = self.estimates(noise, output, timesteps)[1] / self.scale_factor
             draws.append(colour_image_to_probabilities(self.mask_autoencoder.decode(latent).sample))
         stacked = torch.stack(draws)
         return stacked.mean(0), stacked.std(0, unbiased=False).amax(1) if n_samples > 1 else torch.zeros_like(stacked[0, :, 0])
@@ -132,8 +151,8 @@ class SDMCSeg(nn.Module):
         latent = torch.randn(image_latent.shape, generator=generator, device=image.device, dtype=image_latent.dtype)
         for timestep in scheduler.timesteps:
             timesteps = torch.full((image.shape[0],), int(timestep), device=image.device, dtype=torch.long)
-            predicted_noise = (denoiser or self.denoiser)(torch.cat([latent, image_latent], dim=1), timesteps).sample
-            latent = scheduler.step(predicted_noise, timestep, latent).prev_sample
+            output = (denoiser or self.denoiser)(torch.cat([latent, image_latent], dim=1), timesteps).sample
+            latent = scheduler.step(output, timestep, latent).prev_sample  # the scheduler reads prediction_type
         return colour_image_to_probabilities(self.mask_autoencoder.decode(latent / self.scale_factor).sample)
 
 

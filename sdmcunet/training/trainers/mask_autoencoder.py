@@ -82,7 +82,15 @@ class MaskAutoencoderTrainer(Trainer):
 
 
 def _soft_dice_loss(decoded: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """1 - soft Dice per slice and class, averaged over the classes each slice holds.
+
+    Per slice, as the Stroke2021 protocol scores: a small lesion counts as much as a large one
+    (a Dice over the whole batch would let the large lesions drown it).
+    """
     probabilities = colour_image_to_probabilities(decoded)
     one_hot = (target + 1) / 2
-    intersection = (probabilities * one_hot).sum(dim=(0, 2, 3))
-    return 1 - (2 * intersection / (probabilities.sum(dim=(0, 2, 3)) + one_hot.sum(dim=(0, 2, 3)) + 1e-6)).mean()
+    intersection = (probabilities * one_hot).sum(dim=(2, 3))
+    reference = one_hot.sum(dim=(2, 3))
+    dice = 2 * intersection / (probabilities.sum(dim=(2, 3)) + reference + 1e-6)
+    present = reference > 0
+    return 1 - dice[present].mean()
