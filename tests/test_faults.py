@@ -266,9 +266,18 @@ def read_output(path: Path) -> np.ndarray:
 
 
 def check_predictions_after_kill(output: Path, reference: Path) -> None:
-    """Every output in place equals the uninterrupted run's (half-written ones are hidden)."""
+    """Every output in place equals the uninterrupted run's (half-written ones are hidden).
+
+    Probabilities to within float16 rounding: a resumed run batches the remaining slices
+    differently, and a CPU convolution's last float32 bits depend on the batch it runs in
+    (5e-7 here), which can move a float16 value by one step. Label maps and overlays are exact.
+    """
     for name in visible_files(output) - {"prediction_info.json"}:
-        assert np.array_equal(read_output(output / name), read_output(reference / name)), name
+        ours, theirs = read_output(output / name), read_output(reference / name)
+        if name.endswith(".npz"):
+            assert np.allclose(ours.astype(np.float32), theirs.astype(np.float32), rtol=0, atol=1e-3), name
+        else:
+            assert np.array_equal(ours, theirs), name
 
 
 def test_prediction_killed_anywhere_completes_with_the_outputs_of_an_uninterrupted_run(data, server,
