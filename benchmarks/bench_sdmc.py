@@ -6,11 +6,7 @@
    15, target >= 0.5), and `UNetTrainer` under the same budget for comparison;
 3. inference time per slice: one step against 50-step DDIM sampling of the same model.
 
-    python benchmarks/bench_sdmc.py [--patients 300] [--size 256] [--minutes 15] [--no-unet]
-
-300 synthetic patients (about 1,900 slices, a third of the real release) by default: the fold-0
-validation then holds about 60 ischemic and 70 hemorrhagic slices, so that one slice moves a class
-mean by under 0.02 (with 40 patients it held 6 and 8).
+    python benchmarks/bench_sdmc.py [--patients N (default 300, _synthetic.QUALITY_PATIENTS)] [--size 256] [--minutes 15] [--no-unet]
 """
 
 import argparse
@@ -30,7 +26,7 @@ from sdmcunet.experiment_planning.plans import load_plans
 from sdmcunet.training.data_loading import PreprocessedCases
 from sdmcunet.training.trainers import TRAINERS
 
-from _synthetic import DATASET, planned_synthetic_dataset
+from _synthetic import DATASET, QUALITY_PATIENTS, planned_synthetic_dataset
 
 
 
@@ -81,7 +77,7 @@ def inference_seconds(preprocessed: Path, n_slices: int = 8) -> tuple[float, flo
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--patients", type=int, default=300)
+    parser.add_argument("--patients", type=int, default=QUALITY_PATIENTS)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--minutes", type=float, default=15.0)
     parser.add_argument("--no-unet", dest="unet", action="store_false", help="skip the U-Net comparison")

@@ -7,11 +7,7 @@
 3. quality: `sdmc_train 2021 2d 0 -tr UNetTrainer` for as many epochs as fit in `--minutes`
    (default 10), then the fold's validation mean Dice over IS and HS (target >= 0.7).
 
-    python benchmarks/bench_training.py [--patients 300] [--size 256] [--minutes 10]
-
-300 synthetic patients (about 1,900 slices, a third of the real release) by default: the fold-0
-validation then holds about 60 ischemic and 70 hemorrhagic slices, so that one slice moves a class
-mean by under 0.02 (with 40 patients it held 6 and 8).
+    python benchmarks/bench_training.py [--patients N (default 300, _synthetic.QUALITY_PATIENTS)] [--size 256] [--minutes 10]
 """
 
 import argparse
@@ -30,7 +26,7 @@ import torch
 from sdmcunet.experiment_planning.plans import load_plans
 from sdmcunet.training.trainers import TRAINERS
 
-from _synthetic import planned_synthetic_dataset
+from _synthetic import QUALITY_PATIENTS, planned_synthetic_dataset
 
 TARGET_OVERHEAD = 0.10
 TARGET_DICE = 0.7
@@ -87,7 +83,7 @@ def step_times(trainer, batch: dict, n_steps: int = 20, rounds: int = 5) -> tupl
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--patients", type=int, default=300)
+    parser.add_argument("--patients", type=int, default=QUALITY_PATIENTS)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--minutes", type=float, default=10.0)
     args = parser.parse_args()

@@ -179,9 +179,9 @@ def _family_problems(settings: dict) -> list[str]:
         problems.append(f"schedule.optimizer must be one of {OPTIMIZERS}")
     if not isinstance(settings.get("networks"), dict) or not settings["networks"]:
         problems.append("networks must name at least one network size")
-    diffusion = settings.get("diffusion", {})
-    if isinstance(diffusion, dict) and diffusion.get("prediction_type", "epsilon") not in PREDICTION_TYPES:
-        problems.append(f"diffusion.prediction_type must be one of {PREDICTION_TYPES}, got {diffusion['prediction_type']!r}")
+    diffusion = settings.get("diffusion")
+    if isinstance(diffusion, dict) and diffusion.get("prediction_type") not in PREDICTION_TYPES:
+        problems.append(f"diffusion.prediction_type must be one of {PREDICTION_TYPES}, got {diffusion.get('prediction_type')!r}")
     return problems
 
 

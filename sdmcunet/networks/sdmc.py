@@ -99,11 +99,15 @@ class SDMCSeg(nn.Module):
         """(B, 1, H, W) CT in [0, 1] -> image latent, the PNG channel as the published model reads it."""
         return self.image_encoder((image[:, :1] * 2 - 1).repeat(1, 3, 1, 1))
 
+    def _coefficients(self, timesteps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """sqrt(abar_t) and sqrt(1 - abar_t), shaped to scale (B, C, H, W) latents."""
+        alpha_bar = self.alphas_cumprod[timesteps].view(-1, 1, 1, 1)
+        return torch.sqrt(alpha_bar), torch.sqrt(1 - alpha_bar)
+
     def estimates(self, noisy: torch.Tensor, output: torch.Tensor,
                   timesteps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(eps_hat, z0_hat) from the UNet `output` for the noisy latent z_t."""
-        alpha_bar = self.alphas_cumprod[timesteps].view(-1, 1, 1, 1)
-        signal, noise = torch.sqrt(alpha_bar), torch.sqrt(1 - alpha_bar)
+        signal, noise = self._coefficients(timesteps)
         if self.prediction_type == "epsilon":
             return output, (noisy - noise * output) / signal
         if self.prediction_type == "sample":
@@ -120,8 +124,8 @@ class SDMCSeg(nn.Module):
         image_latent = self.condition(image)
         timesteps = torch.randint(0, len(self.alphas_cumprod), (image.shape[0],), device=image.device)
         noise = torch.randn_like(mask_latent)
-        alpha_bar = self.alphas_cumprod[timesteps].view(-1, 1, 1, 1)
-        noisy = torch.sqrt(alpha_bar) * mask_latent + torch.sqrt(1 - alpha_bar) * noise
+        signal, noise_scale = self._coefficients(timesteps)
+        noisy = signal * mask_latent + noise_scale * noise
         output = (denoiser or self.denoiser)(torch.cat([noisy, image_latent], dim=1), timesteps).sample
         predicted_noise, predicted_latent = self.estimates(noisy, output, timesteps)
         return F.l1_loss(predicted_noise, noise) + F.l1_loss(predicted_latent, mask_latent)
