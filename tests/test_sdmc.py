@@ -64,6 +64,17 @@ def test_colour_encoding_round_trip():
     assert torch.allclose(probabilities.sum(1), torch.ones(2, 16, 16)) and torch.equal(probabilities.argmax(1), labels)
 
 
+def test_probabilities_keep_the_argmax_of_saturated_decoded_channels():
+    # every channel below -1 (a dark lesion), two channels above +1: clipping made both ties
+    decoded = torch.tensor([[-3.0, 2.0], [-1.5, 3.0], [-4.0, -1.0]]).view(1, 3, 1, 2)
+    probabilities = colour_image_to_probabilities(decoded)
+    assert torch.equal(probabilities.argmax(1), decoded.argmax(1)) and probabilities.argmax(1).tolist() == [[[1, 1]]]
+    assert torch.allclose(probabilities.sum(1), torch.ones(1, 1, 2))
+    decoded.requires_grad_(True)
+    colour_image_to_probabilities(decoded)[:, 1].sum().backward()
+    assert (decoded.grad[0, 1] > 0).all()  # the mask autoencoder's Dice term can pull a dark lesion up
+
+
 def test_noise_schedule_is_the_ldm_linear_schedule():
     model = tiny_model()
     t = torch.arange(1000, dtype=torch.float64)

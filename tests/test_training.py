@@ -58,6 +58,22 @@ def test_every_baseline_trains_a_few_iterations_on_cpu(environment, name):
     assert {"plans.json", "dataset.json", "dataset_fingerprint.json"} <= {p.name for p in folder.parent.iterdir()}
 
 
+def test_baseline_validation_runs_the_network_once_and_agrees_with_loss_and_prediction(environment):
+    trainer = make_trainer("UNetTrainer", environment)
+    trainer.initialize()
+    trainer.network.eval()
+    generator = torch.Generator().manual_seed(0)
+    batch = {"data": torch.rand(2, trainer.in_channels, 64, 64, generator=generator),
+             "seg": torch.randint(0, 3, (2, 1, 64, 64), generator=generator).float()}
+    calls = []
+    trainer.network.register_forward_hook(lambda *_: calls.append(1))
+    with torch.no_grad():
+        loss, predicted = trainer.validate_batch(batch)
+        assert len(calls) == 1
+        assert torch.allclose(loss, trainer.compute_loss(batch))
+        assert torch.equal(predicted, trainer.validation_prediction(batch))
+
+
 def _weights(trainer):
     return {key: value.clone() for key, value in trainer.module.state_dict().items()}
 

@@ -15,8 +15,11 @@ epsilon UNet must match the noise to within a fortieth of the mask latent's scal
 mask shows. The published UNet learns that in 300 GPU epochs; a CPU plan's small UNet does not
 in minutes. A v UNet outputs about -z0 there, and at no t is its error amplified.
 
-The decoded class channels (about -1..1) are turned into probabilities by clipping to [0, 1]
-and normalising, so that several noise draws, folds or models can be averaged.
+The decoded class channels (about -1..1) are turned into probabilities by a softmax of their
+values times COLOUR_SHARPNESS, so that several noise draws, folds or models can be averaged. A
+softmax keeps the argmax over the decoded channels (DESIGN §5) wherever they lie; clipping to
+[0, 1] and normalising did not: a lesion decoded with every channel below -1, or with two
+channels above 1, became a tie that argmax settled as non-stroke.
 """
 
 import torch
@@ -29,6 +32,8 @@ from sdmcunet.experiment_planning.plans import PREDICTION_TYPES
 from sdmcunet.networks.latent_diffusion import LATENT_CHANNELS, build_autoencoder, build_denoiser
 
 NUM_MASK_COLOURS = 3  # non-stroke, ischemic, hemorrhagic -> red, green, blue
+# An exactly encoded class (+1 against -1) gets probability 0.995; the argmax ignores the value.
+COLOUR_SHARPNESS = 3.0
 
 
 def noise_schedule(diffusion: dict) -> DDPMScheduler:
@@ -43,9 +48,8 @@ def mask_to_colour_image(label_map: torch.Tensor, num_classes: int = NUM_MASK_CO
 
 
 def colour_image_to_probabilities(decoded: torch.Tensor) -> torch.Tensor:
-    """Decoded (B, 3, H, W) colour image -> class probabilities (argmax unchanged)."""
-    weights = ((decoded + 1) / 2).clamp(0, 1) + 1e-6
-    return weights / weights.sum(dim=1, keepdim=True)
+    """Decoded (B, 3, H, W) colour image -> class probabilities with the same argmax, differentiable everywhere."""
+    return torch.softmax(COLOUR_SHARPNESS * decoded, dim=1)
 
 
 class ImageEncoder(nn.Module):

@@ -92,6 +92,11 @@ class Trainer:
         """Predicted label maps (B, H, W) for a validation batch."""
         return self.predict_probabilities(batch["data"]).argmax(1)
 
+    def validate_batch(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loss and the predicted label maps of a validation batch (models whose loss and
+        prediction share a forward pass override this to run it once)."""
+        return self.compute_loss(batch), self.validation_prediction(batch)
+
     def final_validation(self, save_probabilities: bool = False) -> Path:
         """Predict the fold's validation cases in their original geometry and write summary.json."""
         return validate_fold(self, save_probabilities)
@@ -314,8 +319,8 @@ class Trainer:
             images = torch.from_numpy(batch["data"]).to(self.device)
             labels = torch.from_numpy(batch["seg"]).to(self.device)
             with torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
-                total_loss += self.compute_loss({"data": images, "seg": labels}).item()
-                predicted = self.validation_prediction({"data": images, "seg": labels})
+                loss, predicted = self.validate_batch({"data": images, "seg": labels})
+            total_loss += loss.item()
             reference = labels[:, 0].long()
             for index, label in enumerate(range(1, self.num_classes)):
                 p, g = predicted == label, reference == label

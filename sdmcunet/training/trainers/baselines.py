@@ -29,6 +29,10 @@ class BaselineTrainer(Trainer):
     def compute_loss(self, batch: dict) -> torch.Tensor:
         return self.loss(self.network(batch["data"]), batch["seg"])
 
+    def validate_batch(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.network(batch["data"])
+        return self.loss(logits, batch["seg"]), logits.argmax(1)
+
     def started_from_pretrained(self) -> bool:
         return bool(self.settings["networks"][self.network_name].get("encoder_weights"))
 

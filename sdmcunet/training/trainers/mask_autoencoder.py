@@ -87,6 +87,7 @@ def _soft_dice_loss(decoded: torch.Tensor, target: torch.Tensor) -> torch.Tensor
     Per slice, as the Stroke2021 protocol scores: a small lesion counts as much as a large one
     (a Dice over the whole batch would let the large lesions drown it).
     """
+    # the softmax inference uses: clipping gave no gradient to a lesion decoded with every channel below -1
     probabilities = colour_image_to_probabilities(decoded)
     one_hot = (target + 1) / 2
     intersection = (probabilities * one_hot).sum(dim=(2, 3))
