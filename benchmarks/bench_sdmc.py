@@ -14,8 +14,6 @@ import argparse
 import json
 import logging
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,18 +25,17 @@ from sdmcunet.experiment_planning.plans import load_plans
 from sdmcunet.training.data_loading import PreprocessedCases
 from sdmcunet.training.trainers import TRAINERS
 
-from _synthetic import DATASET, QUALITY_PATIENTS, planned_synthetic_dataset
-
+from _synthetic import (
+    DATASET, QUALITY_PATIENTS, patient_interval, planned_synthetic_dataset, read_stroke2021, run_minutes,
+)
 
 
 def train(name: str, environment: dict, epochs: int | None = None) -> dict:
-    command = [str(Path(sys.executable).parent / "sdmc_train"), "2021", "2d", "0", "-tr", name]
-    start = time.perf_counter()
-    subprocess.run(command + (["--epochs", str(epochs)] if epochs else []), env=os.environ | environment, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    minutes = (time.perf_counter() - start) / 60
-    fold = Path(environment["SDMC_results"]) / DATASET / f"{name}__sdmcPlans__2d" / "fold_0"
-    return {"minutes": round(minutes, 2), "stroke2021": json.loads((fold / "validation" / "summary.json").read_text())["stroke2021"]}
+    minutes = run_minutes("sdmc_train", "2021", "2d", "0", "-tr", name, *(["--epochs", str(epochs)] if epochs else []),
+                          environment=environment)
+    summary_path = Path(environment["SDMC_results"]) / DATASET / f"{name}__sdmcPlans__2d" / "fold_0" / "validation" / "summary.json"
+    return {"minutes": round(minutes, 2), "stroke2021": read_stroke2021(summary_path),
+            "mean_dice_95ci_over_patients": patient_interval(summary_path, Path(environment["SDMC_raw"]) / DATASET)}
 
 
 def epochs_for(name: str, preprocessed: Path, minutes: float) -> int:
@@ -97,9 +94,11 @@ def main() -> None:
             "cpus": os.cpu_count(), "cases": len(list((folder / "raw" / DATASET / "labelsTr").iterdir())),
             "mask_autoencoder_epochs": args.autoencoder_epochs, "mask_autoencoder_minutes": autoencoder["minutes"],
             "mask_autoencoder_reconstruction_dice": autoencoder["stroke2021"]["DSC"],
+            "mask_autoencoder_reconstruction_mean_dice_95ci_over_patients": autoencoder["mean_dice_95ci_over_patients"],
             "target_reconstruction_mean_dice_at_least": 0.95,
             "sdmc_finetuned_epochs": sdmc_epochs, "sdmc_finetuned_minutes_including_validation": sdmc["minutes"],
             "sdmc_finetuned_validation_dice": sdmc["stroke2021"]["DSC"],
+            "sdmc_finetuned_validation_mean_dice_95ci_over_patients": sdmc["mean_dice_95ci_over_patients"],
             "validation_n_slices": sdmc["stroke2021"]["n_slices"], "target_mean_dice_at_least": 0.5,
             "single_step_seconds_per_slice": round(one_step, 4), "ddim50_seconds_per_slice": round(fifty_steps, 4),
             "ddim50_over_single_step": round(fifty_steps / one_step, 1),
@@ -108,7 +107,8 @@ def main() -> None:
             unet_epochs = epochs_for("UNetTrainer", preprocessed, args.minutes)
             unet = train("UNetTrainer", environment, unet_epochs)
             results |= {"unet_epochs": unet_epochs, "unet_minutes_including_validation": unet["minutes"],
-                        "unet_validation_dice": unet["stroke2021"]["DSC"]}
+                        "unet_validation_dice": unet["stroke2021"]["DSC"],
+                        "unet_validation_mean_dice_95ci_over_patients": unet["mean_dice_95ci_over_patients"]}
     print(json.dumps(results, indent=2))
 
 

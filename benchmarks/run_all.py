@@ -9,7 +9,7 @@ trainings or workers it starts), and writes
 - `benchmarks/results.json` and `benchmarks/results.md`: per stage, the figure, the peer it is
   measured against in the same run, their ratio, the target and the peak memory.
 
-    python benchmarks/run_all.py                          # everything (about an hour on 2 cores)
+    python benchmarks/run_all.py                          # everything (about 2.5 hours on 2 cores)
     python benchmarks/run_all.py --stages inference       # one stage again, table rebuilt
     python benchmarks/run_all.py --training-minutes 2 --sdmc-minutes 3   # shorter quality runs
 """
@@ -109,7 +109,8 @@ def rows_of(stage: str, record: dict) -> list[Row]:
                  "training steps/s", steps, "loader >= steps", not out["loader_is_bottleneck"]),
             _row(stage, record, "trainer step s", out["trainer_step_seconds"], "bare PyTorch loop step s",
                  out["bare_loop_step_seconds"], "overhead <= 10%", out["trainer_overhead"] <= 0.10),
-            _row(stage, record, f"UNet validation mean Dice (IS, HS) after {out['unet_epochs']} epochs",
+            _row(stage, record, f"UNet validation mean Dice (IS, HS) after {out['unet_epochs']} epochs, "
+                 f"{_folds_and_interval(out)}",
                  round(out["unet_validation_dice"]["Mean"], 3), "-", None, ">= 0.7",
                  out["unet_validation_dice"]["Mean"] >= 0.7),
         ]
@@ -139,6 +140,13 @@ def rows_of(stage: str, record: dict) -> list[Row]:
                          evaluation.get("evaluate_faster_than_nnunet")))
         return rows
     raise ValueError(f"unknown stage {stage}")
+
+
+def _folds_and_interval(out: dict) -> str:
+    """Which folds the U-Net figure pools, and its interval (outputs from before both knew fold 0 only)."""
+    folds = "+".join(map(str, out.get("unet_folds", [0])))
+    interval = out.get("unet_validation_mean_dice_95ci_over_patients")
+    return f"folds {folds}" + (f", 95% interval over patients {interval}" if interval else "")
 
 
 def markdown_table(rows: list[Row], machine: str) -> str:
