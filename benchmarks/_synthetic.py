@@ -12,13 +12,13 @@ import numpy as np
 from sdmcunet.dataset_conversion.convert_stroke2021 import convert_release
 from sdmcunet.dataset_conversion.synthetic import make_synthetic_dataset
 from sdmcunet.experiment_planning import plan_and_preprocess
+from sdmcunet.labels import HEMORRHAGIC, ISCHEMIC
 
 DATASET = "Dataset2021_Stroke2021"
 # Patients of the quality benchmarks (bench_training, bench_sdmc): about 1,900 slices, a third of
 # the real release. The fold-0 validation then holds about 60 ischemic and 70 hemorrhagic slices,
 # so that one slice moves a class mean by under 0.02 (with 40 patients it held 6 and 8).
 QUALITY_PATIENTS = 300
-LESION_LABELS = {"IS": "1", "HS": "2"}
 
 
 def planned_synthetic_dataset(folder: Path, n_patients: int, size: int) -> tuple[Path, dict]:
@@ -42,10 +42,11 @@ def patient_interval(summary_path: Path, raw_dataset: Path, draws: int = 2000, s
     """
     patient_of = {case: info["patient_id"] for case, info in
                   json.loads((raw_dataset / "case_info.json").read_text()).items()}
+    lesion_labels = (str(ISCHEMIC), str(HEMORRHAGIC))  # the summary's per-case keys
     per_patient: dict[str, list[list[float]]] = {}
     for case in json.loads(summary_path.read_text())["metric_per_case"]:
-        scores = per_patient.setdefault(patient_of[case["case"]], [[] for _ in LESION_LABELS])
-        for position, label in enumerate(LESION_LABELS.values()):
+        scores = per_patient.setdefault(patient_of[case["case"]], [[] for _ in lesion_labels])
+        for position, label in enumerate(lesion_labels):
             if case["metrics"][label]["n_ref"]:
                 scores[position].append(case["metrics"][label]["Dice"])
     patients = list(per_patient.values())
@@ -53,7 +54,7 @@ def patient_interval(summary_path: Path, raw_dataset: Path, draws: int = 2000, s
     means = []
     for _ in range(draws):
         drawn = [patients[i] for i in rng.integers(len(patients), size=len(patients))]
-        class_means = [np.mean(values) for position in range(len(LESION_LABELS))
+        class_means = [np.mean(values) for position in range(len(lesion_labels))
                        if (values := [dice for scores in drawn for dice in scores[position]])]
         if class_means:
             means.append(np.mean(class_means))

@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sdmcunet.evaluation.evaluate_predictions import SUMMARY_FILE
+from sdmcunet.evaluation.trained_model import TrainedModel
 from sdmcunet.experiment_planning.plans import load_plans
 from sdmcunet.training.data_loading import PreprocessedCases
 from sdmcunet.training.trainers import TRAINERS
@@ -30,10 +32,10 @@ from _synthetic import (
 )
 
 
-def train(name: str, environment: dict, epochs: int | None = None) -> dict:
+def train(name: str, preprocessed: Path, environment: dict, epochs: int | None = None) -> dict:
     minutes = run_minutes("sdmc_train", "2021", "2d", "0", "-tr", name, *(["--epochs", str(epochs)] if epochs else []),
                           environment=environment)
-    summary_path = Path(environment["SDMC_results"]) / DATASET / f"{name}__sdmcPlans__2d" / "fold_0" / "validation" / "summary.json"
+    summary_path = TrainedModel(2021, preprocessed, name, "sdmcPlans", "2d").validation_folder(0) / SUMMARY_FILE
     return {"minutes": round(minutes, 2), "stroke2021": read_stroke2021(summary_path),
             "mean_dice_95ci_over_patients": patient_interval(summary_path, Path(environment["SDMC_raw"]) / DATASET)}
 
@@ -86,9 +88,9 @@ def main() -> None:
         folder = Path(folder)
         preprocessed, environment = planned_synthetic_dataset(folder, args.patients, args.size)
 
-        autoencoder = train("MaskAutoencoderTrainer", environment, args.autoencoder_epochs)
+        autoencoder = train("MaskAutoencoderTrainer", preprocessed, environment, args.autoencoder_epochs)
         sdmc_epochs = epochs_for("SDMCFinetunedTrainer", preprocessed, args.minutes)
-        sdmc = train("SDMCFinetunedTrainer", environment, sdmc_epochs)
+        sdmc = train("SDMCFinetunedTrainer", preprocessed, environment, sdmc_epochs)
         one_step, fifty_steps = inference_seconds(preprocessed)
         results = {
             "cpus": os.cpu_count(), "cases": len(list((folder / "raw" / DATASET / "labelsTr").iterdir())),
@@ -105,7 +107,7 @@ def main() -> None:
         }
         if args.unet:
             unet_epochs = epochs_for("UNetTrainer", preprocessed, args.minutes)
-            unet = train("UNetTrainer", environment, unet_epochs)
+            unet = train("UNetTrainer", preprocessed, environment, unet_epochs)
             results |= {"unet_epochs": unet_epochs, "unet_minutes_including_validation": unet["minutes"],
                         "unet_validation_dice": unet["stroke2021"]["DSC"],
                         "unet_validation_mean_dice_95ci_over_patients": unet["mean_dice_95ci_over_patients"]}

@@ -111,8 +111,9 @@ def main() -> None:
                                         str(epochs), environment=environment) for fold in args.folds]
         fold_means = {fold: round(read_stroke2021(model.validation_folder(fold) / SUMMARY_FILE)["DSC"]["Mean"], 4)
                       for fold in args.folds}
-        run_minutes("sdmc_evaluate", "-d", "2021", "-tr", "UNetTrainer", "-f", *map(str, args.folds),
-                    environment=environment)
+        if len(args.folds) > 1:  # one fold's validation summary was written by its training
+            run_minutes("sdmc_evaluate", "-d", "2021", "-tr", "UNetTrainer", "-f", *map(str, args.folds),
+                        environment=environment)
         summary_path = crossval_summary_path(model, args.folds)
         stroke = read_stroke2021(summary_path)
         interval = patient_interval(summary_path, folder / "raw" / preprocessed.name)
