@@ -20,6 +20,7 @@ CONSOLE_SCRIPTS = {
     "sdmc_report": "sdmcunet.reporting.report:main",
     "sdmc_convert_weights": "sdmcunet.weights.convert:main",
     "sdmc_download_weights": "sdmcunet.weights.download:main",
+    "sdmc_import_reference": "sdmcunet.weights.import_reference:main",
 }
 
 setup(
@@ -45,6 +46,7 @@ setup(
         "tqdm>=4.60",
         "matplotlib>=3.6",
         "pillow>=9.0",
+        "PyYAML>=6.0",
     ],
     extras_require={
         # decoders for compressed DICOM transfer syntaxes (JPEG, JPEG-LS, JPEG 2000)

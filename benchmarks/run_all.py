@@ -124,8 +124,8 @@ def rows_of(stage: str, record: dict) -> list[Row]:
                  round(out["unet_validation_dice"]["Mean"], 3) if "unet_validation_dice" in out else None, ">= 0.5",
                  out["sdmc_finetuned_validation_dice"]["Mean"] >= 0.5),
             _row(stage, record, "single-step inference s/slice", out["single_step_seconds_per_slice"],
-                 "50-step DDIM s/slice", out["ddim50_seconds_per_slice"], "faster",
-                 out["single_step_seconds_per_slice"] < out["ddim50_seconds_per_slice"]),
+                 "LDM 50-step DDIM s/slice", out["ldm_ddim50_eta1_seconds_per_slice"], "faster",
+                 out["single_step_seconds_per_slice"] < out["ldm_ddim50_eta1_seconds_per_slice"]),
         ]
         return rows
     if stage == "inference":

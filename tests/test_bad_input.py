@@ -27,6 +27,7 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 import torch
+import yaml
 from conftest import make_preprocessed_dataset, paths_set
 from fake_results import label_map, write_label_maps
 from PIL import Image
@@ -47,6 +48,8 @@ from sdmcunet.training import run_training
 from sdmcunet.utils.files import atomic_write_json
 from sdmcunet.weights import convert as convert_weights
 from sdmcunet.weights import download as download_weights
+from sdmcunet.weights import import_reference
+from sdmcunet.weights.standin import sdmc_seg_config, sdseg_state_dict, write_compvis_checkpoint
 
 DATASET = "Dataset2021_Stroke2021"
 UNET_PNG = "UNetTrainer__sdmcPlans__2d"  # reads the organisers' PNG
@@ -398,6 +401,10 @@ PLANS_EDITS = {  # a field of the wrong JSON type: (edit of the plans, what the 
     "schedule a list": (lambda plans: edit_family(plans, schedule=[]), "families.baseline: schedule must be an object"),
     "std a string": (lambda plans: edit_configuration(plans, input_channels=[
         {"source_channel": 1, "normalization": "z_score", "mean": 0, "std": "1"}]), "z_score needs a numeric mean"),
+    "image size the networks cannot run": (lambda plans: edit_configuration(plans, image_size=[200, 200]),
+                                           "image_size must be two positive multiples of 32"),
+    "attention at latent sizes (not LDM's rates)": (
+        lambda plans: edit_denoiser(plans, attention_resolutions=[16]), "attention_resolutions are LDM's downsampling"),
 }
 
 
@@ -410,6 +417,12 @@ def edit_configuration(plans: dict, **changes) -> dict:
 def edit_family(plans: dict, **changes) -> dict:
     plans = json.loads(json.dumps(plans))
     plans["configurations"]["2d"]["families"]["baseline"].update(changes)
+    return plans
+
+
+def edit_denoiser(plans: dict, **changes) -> dict:
+    plans = json.loads(json.dumps(plans))
+    plans["configurations"]["2d"]["families"]["sdmc"]["networks"]["denoiser"].update(changes)
     return plans
 
 
@@ -574,8 +587,9 @@ def dicom_inputs(trained, tmp_path) -> Path:
     return inputs
 
 
-def predict_ct(trained, inputs: Path, output: Path) -> int:
-    return run(predict.main, "-i", inputs, "-o", output, "-m", trained / "results" / DATASET / UNET_CT, "-np", 0)
+def predict_ct(trained, inputs: Path, output: Path, *options) -> int:
+    return run(predict.main, "-i", inputs, "-o", output, "-m", trained / "results" / DATASET / UNET_CT, "-np", 0,
+               *options)
 
 
 def no_rows(path: Path) -> None:
@@ -637,6 +651,12 @@ def test_predict_corrupt_checkpoint(trained, dicom_inputs, tmp_path, capsys):
     checkpoint.write_bytes(checkpoint.read_bytes()[:100_000])
     refused(capsys, run(predict.main, "-i", dicom_inputs, "-o", tmp_path / "out", "-m", model), str(checkpoint),
             "corrupt")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_predict_cuda_without_a_gpu(trained, dicom_inputs, tmp_path, capsys):
+    refused(capsys, predict_ct(trained, dicom_inputs, tmp_path / "out", "-device", "cuda"), "no CUDA GPU is available")
     assert not (tmp_path / "out").exists()
 
 
@@ -889,3 +909,179 @@ def test_download_stroke2021_missing_part(file_server, tmp_path, capsys):
     refused(capsys, run(download_stroke2021.main, "-o", tmp_path / "release", "--groups", "hemorrhagic",
                         "--base-url", file_server.url, "--retries", 0), "/Document/Download/39: HTTP 404")
     assert_no_leftovers(tmp_path)
+
+
+# ================================================================ sdmc_import_reference
+
+REFERENCE_VAE = {"ch": 16, "ch_mult": [1, 2, 2, 4], "num_res_blocks": 1}
+REFERENCE_UNET = {"model_channels": 32, "channel_mult": [1, 2, 2], "num_res_blocks": 1, "attention_resolutions": [2],
+                  "num_heads": 4, "dropout": 0.0}
+
+
+def reference_config(path: Path, edit=lambda config: None) -> Path:
+    """The reference's training YAML for the small sizes, changed by `edit` (a function of the mapping)."""
+    config = sdmc_seg_config(REFERENCE_VAE, REFERENCE_UNET, image_size=64)
+    edit(config)
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def import_into(tmp_path: Path, state: dict, *options) -> tuple[Path, int]:
+    """Write `state` as a reference checkpoint and import it into tmp_path/model: (checkpoint, exit code)."""
+    checkpoint = write_compvis_checkpoint(tmp_path / "last.ckpt", state, global_step=10, epoch=1)
+    return checkpoint, run(import_reference.main, "-i", checkpoint, "-o", tmp_path / "model", *options)
+
+
+def assert_nothing_imported(tmp_path: Path) -> None:
+    assert not (tmp_path / "model").exists()
+    assert_no_leftovers(tmp_path)
+
+
+def test_import_reference_checkpoint_that_would_run_code(tmp_path, capsys):
+    marker = tmp_path / "code_ran"
+    checkpoint = tmp_path / "last.ckpt"
+    torch.save({"state_dict": sdseg_state_dict(REFERENCE_VAE, REFERENCE_UNET), "callbacks": evil_pickle(marker)},
+               checkpoint)
+    refused(capsys, run(import_reference.main, "-i", checkpoint, "-o", tmp_path / "model"), str(checkpoint),
+            "refused: the checkpoint asks to call posix.system, which could run code")
+    assert not marker.exists()
+    assert_nothing_imported(tmp_path)
+
+
+def test_import_reference_truncated_checkpoint(tmp_path, capsys):
+    checkpoint = write_compvis_checkpoint(tmp_path / "last.ckpt", sdseg_state_dict(REFERENCE_VAE, REFERENCE_UNET))
+    checkpoint.write_bytes(checkpoint.read_bytes()[: checkpoint.stat().st_size // 2])
+    refused(capsys, run(import_reference.main, "-i", checkpoint, "-o", tmp_path / "model"), str(checkpoint),
+            "not a checkpoint in torch's zip format")
+    assert_nothing_imported(tmp_path)
+
+
+def with_label_embedding(state: dict) -> None:
+    state["model.diffusion_model.label_emb.0.weight"] = torch.zeros(128, 14)
+
+
+def without_image_encoder(state: dict) -> None:
+    for name in [name for name in state if name.startswith("cond_stage_model.")]:
+        del state[name]
+
+
+def with_four_input_channels(state: dict) -> None:
+    for name in ("model.diffusion_model.input_blocks.0.0.weight", "model_ema.diffusion_modelinput_blocks00weight"):
+        state[name] = state[name][:, :4]
+
+
+def with_an_extra_unet_weight(state: dict) -> None:
+    state["model.diffusion_model.input_blocks.1.0.extra.weight"] = torch.zeros(4)
+    state["model_ema.diffusion_modelinput_blocks10extraweight"] = torch.zeros(4)
+
+
+def with_a_projection_to_three_channels(state: dict) -> None:
+    state["cond_stage_model.out.weight"] = state["cond_stage_model.out.weight"][:3]
+    state["cond_stage_model.out.bias"] = state["cond_stage_model.out.bias"][:3]
+
+
+OTHER_ARCHITECTURES = {  # (change to the state dict, what the message says)
+    "class-conditioned UNet (label_emb)": (with_label_embedding, "a class-conditioned UNet "
+                                           "(model.diffusion_model.label_emb.0.weight: SDSeg's multi-class variant)"),
+    "no image encoder": (without_image_encoder, "not an SDSeg / SDMC-Seg checkpoint: parts it lacks (2): "
+                         "cond_stage_model.encoder.* (the image encoder), cond_stage_model.out.*"),
+    "UNet of 4 input channels": (with_four_input_channels, "its UNet reads 4 input channels; SDMC-Seg's reads 8"),
+    "UNet weight of no place": (with_an_extra_unet_weight, "does not fit our denoiser: checkpoint weights with no "
+                                "place in it (1): input_blocks.1.0.extra.weight"),
+    "image projection to 3 channels": (with_a_projection_to_three_channels, "its image encoder's projection "
+                                       "(cond_stage_model.out.*) has shapes {'weight': (3, 8, 1, 1), 'bias': (3,)}"),
+}
+
+
+@pytest.mark.parametrize("kind", OTHER_ARCHITECTURES)
+def test_import_reference_checkpoint_of_another_architecture(tmp_path, capsys, kind):
+    change, phrase = OTHER_ARCHITECTURES[kind]
+    state = sdseg_state_dict(REFERENCE_VAE, REFERENCE_UNET)
+    change(state)
+    checkpoint, code = import_into(tmp_path, state)
+    refused(capsys, code, str(checkpoint), phrase)
+    assert_nothing_imported(tmp_path)
+
+
+def set_field(name: str, value: object):
+    """An edit of the YAML mapping setting the dotted field `name`."""
+    def edit(config: dict) -> None:
+        *parents, last = name.split(".")
+        node = config
+        for part in parents:
+            node = node[part]
+        node[last] = value
+    return edit
+
+
+CONFIG_DISAGREEMENTS = {  # (edit, what the message says)
+    "UNet width": (set_field("model.params.unet_config.params.model_channels", 64),
+                   "model.params.unet_config.params.model_channels is 64 there but 32 in"),
+    "mask autoencoder width": (set_field("model.params.first_stage_config.params.ddconfig.ch", 32),
+                               "model.params.first_stage_config.params.ddconfig.ch is 32 there but 16 in"),
+    "noise schedule": (set_field("model.params.linear_start", 0.00085),
+                       "linear_start, linear_end are 0.00085, 0.0155 there, but the noise schedule in"),
+}
+
+
+@pytest.mark.parametrize("kind", CONFIG_DISAGREEMENTS)
+def test_import_reference_config_that_disagrees_with_the_checkpoint(tmp_path, capsys, kind):
+    edit, phrase = CONFIG_DISAGREEMENTS[kind]
+    config = reference_config(tmp_path / "stroke.yaml", edit)
+    checkpoint, code = import_into(tmp_path, sdseg_state_dict(REFERENCE_VAE, REFERENCE_UNET), "--config", config)
+    message = refused(capsys, code, str(config), phrase)
+    assert str(checkpoint) in message
+    assert_nothing_imported(tmp_path)
+
+
+def test_import_reference_binary_sdseg(tmp_path, capsys):
+    def binary(config: dict) -> None:
+        config["model"]["target"] = "ldm.models.diffusion.SDSeg.SDSeg"
+        del config["model"]["params"]["num_classes"]
+    config = reference_config(tmp_path / "sdseg.yaml", binary)
+    _, code = import_into(tmp_path, sdseg_state_dict(REFERENCE_VAE, REFERENCE_UNET), "--config", config)
+    refused(capsys, code, str(config), "a binary SDSeg model", "decodes one foreground class",
+            "a 3-class colour mask")
+    assert_nothing_imported(tmp_path)
+
+
+def test_import_reference_checkpoint_without_ema_weights(tmp_path, capsys):
+    checkpoint, code = import_into(tmp_path, sdseg_state_dict(REFERENCE_VAE, REFERENCE_UNET, ema=False))
+    refused(capsys, code, str(checkpoint), "holds no EMA weights", "--no-ema")
+    assert_nothing_imported(tmp_path)
+
+
+def test_import_reference_into_a_folder_holding_another_model(tmp_path, capsys):
+    config = reference_config(tmp_path / "stroke.yaml")
+    assert import_into(tmp_path, sdseg_state_dict(REFERENCE_VAE, REFERENCE_UNET), "--config", config)[1] == 0
+    before = snapshot(tmp_path / "model")
+    other = write_compvis_checkpoint(tmp_path / "other.ckpt", sdseg_state_dict(REFERENCE_VAE, REFERENCE_UNET, seed=1))
+    refused(capsys, run(import_reference.main, "-i", other, "-o", tmp_path / "model", "--config", config),
+            str(tmp_path / "model"), "exists and is not a conversion of this checkpoint with these options")
+    assert snapshot(tmp_path / "model") == before
+    assert_no_leftovers(tmp_path)
+
+
+def test_import_reference_unwritable_output(tmp_path, capsys):
+    checkpoint = write_compvis_checkpoint(tmp_path / "last.ckpt", sdseg_state_dict(REFERENCE_VAE, REFERENCE_UNET))
+    output = blocked(tmp_path)
+    refused(capsys, run(import_reference.main, "-i", checkpoint, "-o", output),
+            str(output.parent / ".output.partial"), "cannot create the folder (Not a directory)")
+    assert_no_leftovers(tmp_path)
+
+
+NOT_YAML_CONFIGS = {  # (file content, what the message says)
+    "not valid YAML": ("model: {params: [unclosed\n", "not valid YAML (line 2, column 1: expected ',' or ']'"),
+    "not a mapping": ("- model\n- params\n", "expected a mapping (a training config with model: params: ...), "
+                      "found list"),
+}
+
+
+@pytest.mark.parametrize("kind", NOT_YAML_CONFIGS)
+def test_import_reference_config_that_is_not_a_yaml_mapping(tmp_path, capsys, kind):
+    content, phrase = NOT_YAML_CONFIGS[kind]
+    config = tmp_path / "stroke.yaml"
+    config.write_text(content)
+    _, code = import_into(tmp_path, sdseg_state_dict(REFERENCE_VAE, REFERENCE_UNET), "--config", config)
+    refused(capsys, code, str(config), phrase)
+    assert_nothing_imported(tmp_path)

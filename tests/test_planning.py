@@ -1,4 +1,7 @@
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -156,6 +159,25 @@ def test_gpu_plans_fit_the_memory_target(dirs):
     assert small["families"]["sdmc"]["size_preset"] == "small"  # the published model needs more than 8 GB
     with pytest.raises(SDMCError, match="raise -gpu_memory_target"):
         SDMCPlanner(fingerprint, dataset_json, RAW_NAME, gpu_memory_gb=0.2).plan()
+    # Slices of 200 pixels: the sd UNet downsamples a latent 4 times, so images are multiples of 128 (not 192)
+    enlarged = SDMCPlanner(fingerprint | {"median_shape": [200, 230]}, dataset_json, RAW_NAME, 80).plan()
+    assert enlarged["configurations"]["2d"]["image_size"] == [256, 256]
+    validate_plans(enlarged, preprocessed / "enlarged.json")
+
+
+def test_gpu_planning_with_worker_processes_finishes(dirs, tmp_path):
+    """Estimating the GPU memory builds networks in the planning process, which starts torch's OpenMP
+    threads; preprocessing workers forked afterwards used to deadlock in their first image resize."""
+    raw, _ = dirs
+    command = [sys.executable, "-m", "sdmcunet.experiment_planning.plan_and_preprocess", "-d", "2021",
+               "-gpu_memory_target", "80", "-np", "2"]
+    environment = os.environ | {"SDMC_raw": str(raw.parent), "SDMC_preprocessed": str(tmp_path)}
+    result = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    plans = load_plans(tmp_path / RAW_NAME / "sdmcPlans.json")
+    assert plans["compute_target"]["device"] == "cuda"
+    cases = read_json(tmp_path / RAW_NAME / "dataset_fingerprint.json")["cases"]
+    assert all((tmp_path / RAW_NAME / "sdmcPlans_2d" / f"{case}.npy").is_file() for case in cases)
 
 
 def test_splits_keep_patients_together_and_cover_every_case_once(dirs):

@@ -3,6 +3,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from diffusers import AutoencoderKL
 from conftest import make_preprocessed_dataset
 
 from sdmcunet.experiment_planning.plans import load_plans
@@ -175,6 +176,55 @@ def test_sdmc_trainers_run_by_name_and_write_checkpoints_and_summary(environment
     assert "ema" in state["extra"] and state["network"]["scale_factor"] > 0
     assert state["started_from_pretrained"] is False  # CPU plans start from random weights
     assert set(read_json(summary)["stroke2021"]) == {"DSC", "IoU", "mIoU", "n_slices"}
+
+
+def test_checkpoints_hold_what_each_use_needs_and_the_frozen_autoencoder_once(environment):
+    trainer = make_trainer("SDMCFinetunedTrainer", environment, epochs=2, iterations=1)
+    trainer.run_training()
+    trainer.save("latest")  # (training removes it when it ends)
+    best, final, latest = (load_checkpoint(trainer.checkpoint_path(kind)) for kind in ("best", "final", "latest"))
+    for state in (best, final):  # inference and further fine-tuning: weights and EMA, no optimiser
+        assert "ema" in state["extra"] and not {"optimizer", "scheduler", "scaler", "torch_rng"} & state.keys()
+    assert {"optimizer", "scheduler", "scaler", "torch_rng"} <= latest.keys()
+    for state in (best, final, latest):  # the frozen mask autoencoder lives once, beside them
+        assert not any(key.startswith("mask_autoencoder.") for key in state["network"])
+        assert set(state["frozen_parts"]) == {"mask_autoencoder"}
+    # ... as a diffusers folder that diffusers alone reloads to the same weights
+    exported = AutoencoderKL.from_pretrained(trainer.output_folder / "mask_autoencoder").state_dict()
+    assert all(torch.equal(exported[key], value) for key, value in trainer.module.mask_autoencoder.state_dict().items())
+
+    plans = load_plans(environment / "sdmcPlans.json")
+    reloaded = TRAINERS.get("SDMCFinetunedTrainer")(plans, "2d", 0, environment, "cpu")
+    reloaded.initialize(initial_weights=False)
+    reloaded.load(trainer.checkpoint_path("final"), weights_only=True)
+    images = torch.rand(2, 1, 64, 64)
+    trainer.network.eval(), reloaded.network.eval()
+    assert torch.equal(trainer.predict_probabilities(images), reloaded.predict_probabilities(images))
+
+    # fine-tuning further from final: the optimiser starts afresh, progress goes on
+    longer = make_trainer("SDMCFinetunedTrainer", environment, epochs=3, iterations=1)
+    trainer.checkpoint_path("latest").unlink()
+    longer.run_training(resume=True)
+    assert load_checkpoint(longer.checkpoint_path("final"))["epoch"] == 3
+
+    # a frozen part replaced under the checkpoints is refused, not paired with them
+    weights = trainer.output_folder / "mask_autoencoder" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8] + bytes(8))
+    with pytest.raises(SDMCError, match="other mask_autoencoder weights than the checkpoints"):
+        reloaded.load(trainer.checkpoint_path("final"), weights_only=True)
+
+
+def test_missing_initial_weights_are_listed_together(environment, tmp_path, monkeypatch):
+    plans = load_plans(environment / "sdmcPlans.json")
+    networks = plans["configurations"]["2d"]["families"]["sdmc"]["networks"]
+    networks["autoencoder"]["pretrained"], networks["denoiser"]["pretrained"] = "sd-kl-f8", "lsun_churches256"
+    monkeypatch.setenv("SDMC_results", str(tmp_path / "no_results"))
+    trainer = TRAINERS.get("SDMCFinetunedTrainer")(plans, "2d", 0, environment, "cpu")
+    with pytest.raises(SDMCError) as missing:
+        trainer.initialize()
+    message = str(missing.value)
+    assert "3 set(s) of initial weights missing" in message
+    assert all(part in message for part in ("'sd-kl-f8'", "'lsun_churches256'", "-tr MaskAutoencoderTrainer"))
 
 
 def test_mask_autoencoder_result_is_a_checkpoint_with_a_reconstruction_summary(environment, results):

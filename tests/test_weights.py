@@ -27,156 +27,22 @@ from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 from torch.nn import functional as F
 
 from sdmcunet.experiment_planning.presets import SDMC_SIZES
-from sdmcunet.networks.latent_diffusion import build_autoencoder, build_denoiser
+from sdmcunet.networks.latent_diffusion import build_autoencoder
 from sdmcunet.utils.errors import SDMCError
 from sdmcunet.weights import convert as convert_module
 from sdmcunet.weights import download as download_module
 from sdmcunet.weights.compvis_checkpoint import CheckpointStub, CompVisCheckpoint, read_compvis_state_dict
 from sdmcunet.weights.convert import CONVERSION_RECORD, convert_checkpoint, convert_unet, convert_vae
 from sdmcunet.weights.download import load_pretrained_autoencoder, load_pretrained_denoiser
+from sdmcunet.weights.standin import ldm_autoencoder_shapes, ldm_unet_shapes
 
 SMALL_VAE = {"ch": 16, "ch_mult": [1, 2, 2, 4], "num_res_blocks": 1}
-# Attention at levels 0 (as many heads as the LDM) and 1 (twice as many in diffusers).
-SMALL_UNET = {"model_channels": 32, "channel_mult": [1, 2, 2], "num_res_blocks": 1, "attention_resolutions": [8, 4],
+# Attention at levels 0 and 1 (LDM downsampling rates 1 and 2): blocks of 32 and 64 channels, 4 heads each.
+SMALL_UNET = {"model_channels": 32, "channel_mult": [1, 2, 2], "num_res_blocks": 1, "attention_resolutions": [1, 2],
               "num_heads": 4, "dropout": 0.0}
 SMALL_LATENT = 8
 LIGHTNING = "pytorch_lightning.fake"
 
-
-
-def _ldm_layout_gaps(model) -> list[str]:
-    """Where build_denoiser differs from the LDM UNet, so that no LDM checkpoint fits (and conversion refuses)."""
-    gaps = []
-    if model.mid_block.attentions[0].group_norm is None:  # diffusers drops it with scale_shift
-        gaps.append("its mid-block attention has no GroupNorm (attn_norm_num_groups unset)")
-    if {"DownBlock2D", "UpBlock2D"} & {*model.config.down_block_types, *model.config.up_block_types}:
-        gaps.append("levels without attention resample by convolution, LDM (resblock_updown) by ResBlock "
-                    "(ResnetDownsampleBlock2D / ResnetUpsampleBlock2D do)")
-    return gaps
-
-
-LDM_LAYOUT_GAPS = _ldm_layout_gaps(build_denoiser(SMALL_UNET, SMALL_LATENT))
-needs_ldm_layout = pytest.mark.xfail(bool(LDM_LAYOUT_GAPS), raises=SDMCError, strict=True,
-                                     reason="build_denoiser differs from the LDM UNet: " + "; ".join(LDM_LAYOUT_GAPS))
-
-
-# ---------------------------------------------------------------- CompVis layouts, from the LDM code
-
-def _conv(out_channels: int, in_channels: int, kernel: int, *, dims: int = 2) -> dict[str, tuple]:
-    return {"weight": (out_channels, in_channels) + (kernel,) * dims, "bias": (out_channels,)}
-
-
-def _norm(channels: int) -> dict[str, tuple]:
-    return {"weight": (channels,), "bias": (channels,)}
-
-
-def _add(shapes: dict, prefix: str, layer: dict[str, tuple]) -> None:
-    shapes.update({f"{prefix}.{parameter}": shape for parameter, shape in layer.items()})
-
-
-def _vae_resnet(shapes: dict, prefix: str, in_channels: int, out_channels: int) -> None:
-    _add(shapes, f"{prefix}.norm1", _norm(in_channels))
-    _add(shapes, f"{prefix}.conv1", _conv(out_channels, in_channels, 3))
-    _add(shapes, f"{prefix}.norm2", _norm(out_channels))
-    _add(shapes, f"{prefix}.conv2", _conv(out_channels, out_channels, 3))
-    if in_channels != out_channels:
-        _add(shapes, f"{prefix}.nin_shortcut", _conv(out_channels, in_channels, 1))
-
-
-def _vae_middle(shapes: dict, prefix: str, channels: int) -> None:
-    _vae_resnet(shapes, f"{prefix}.mid.block_1", channels, channels)
-    _add(shapes, f"{prefix}.mid.attn_1.norm", _norm(channels))
-    for layer in ("q", "k", "v", "proj_out"):
-        _add(shapes, f"{prefix}.mid.attn_1.{layer}", _conv(channels, channels, 1))
-    _vae_resnet(shapes, f"{prefix}.mid.block_2", channels, channels)
-
-
-def ldm_autoencoder_shapes(ch: int, ch_mult: list[int], num_res_blocks: int, z_channels: int = 4) -> dict:
-    """ldm.models.autoencoder.AutoencoderKL (Encoder / Decoder of diffusionmodules/model.py)."""
-    shapes: dict[str, tuple] = {}
-    _add(shapes, "encoder.conv_in", _conv(ch, 3, 3))
-    block_in = ch
-    for level, multiplier in enumerate(ch_mult):
-        for index in range(num_res_blocks):
-            _vae_resnet(shapes, f"encoder.down.{level}.block.{index}", block_in, ch * multiplier)
-            block_in = ch * multiplier
-        if level != len(ch_mult) - 1:
-            _add(shapes, f"encoder.down.{level}.downsample.conv", _conv(block_in, block_in, 3))
-    _vae_middle(shapes, "encoder", block_in)
-    _add(shapes, "encoder.norm_out", _norm(block_in))
-    _add(shapes, "encoder.conv_out", _conv(2 * z_channels, block_in, 3))
-    _add(shapes, "quant_conv", _conv(2 * z_channels, 2 * z_channels, 1))
-    _add(shapes, "post_quant_conv", _conv(z_channels, z_channels, 1))
-    _add(shapes, "decoder.conv_in", _conv(block_in, z_channels, 3))
-    _vae_middle(shapes, "decoder", block_in)
-    for level in reversed(range(len(ch_mult))):
-        for index in range(num_res_blocks + 1):
-            _vae_resnet(shapes, f"decoder.up.{level}.block.{index}", block_in, ch * ch_mult[level])
-            block_in = ch * ch_mult[level]
-        if level != 0:
-            _add(shapes, f"decoder.up.{level}.upsample.conv", _conv(block_in, block_in, 3))
-    _add(shapes, "decoder.norm_out", _norm(block_in))
-    _add(shapes, "decoder.conv_out", _conv(3, block_in, 3))
-    return shapes
-
-
-def _unet_resnet(shapes: dict, prefix: str, in_channels: int, out_channels: int, embedding: int) -> None:
-    _add(shapes, f"{prefix}.in_layers.0", _norm(in_channels))
-    _add(shapes, f"{prefix}.in_layers.2", _conv(out_channels, in_channels, 3))
-    shapes |= {f"{prefix}.emb_layers.1.weight": (2 * out_channels, embedding),
-               f"{prefix}.emb_layers.1.bias": (2 * out_channels,)}
-    _add(shapes, f"{prefix}.out_layers.0", _norm(out_channels))
-    _add(shapes, f"{prefix}.out_layers.3", _conv(out_channels, out_channels, 3))
-    if in_channels != out_channels:
-        _add(shapes, f"{prefix}.skip_connection", _conv(out_channels, in_channels, 1))
-
-
-def _unet_attention(shapes: dict, prefix: str, channels: int) -> None:
-    _add(shapes, f"{prefix}.norm", _norm(channels))
-    _add(shapes, f"{prefix}.qkv", _conv(3 * channels, channels, 1, dims=1))
-    _add(shapes, f"{prefix}.proj_out", _conv(channels, channels, 1, dims=1))
-
-
-def ldm_unet_shapes(sizes: dict, latent_size: int, in_channels: int = 4) -> dict:
-    """openaimodel.UNetModel with use_scale_shift_norm and resblock_updown (the LDM churches config)."""
-    model_channels, levels = sizes["model_channels"], len(sizes["channel_mult"])
-    embedding = 4 * model_channels
-    attention = [latent_size // 2**level in sizes["attention_resolutions"] for level in range(levels)]
-    shapes = {"time_embed.0.weight": (embedding, model_channels), "time_embed.0.bias": (embedding,),
-              "time_embed.2.weight": (embedding, embedding), "time_embed.2.bias": (embedding,)}
-    _add(shapes, "input_blocks.0.0", _conv(model_channels, in_channels, 3))
-    channels, skip_channels, index = model_channels, [model_channels], 1
-    for level, multiplier in enumerate(sizes["channel_mult"]):
-        for _ in range(sizes["num_res_blocks"]):
-            _unet_resnet(shapes, f"input_blocks.{index}.0", channels, model_channels * multiplier, embedding)
-            channels = model_channels * multiplier
-            if attention[level]:
-                _unet_attention(shapes, f"input_blocks.{index}.1", channels)
-            skip_channels.append(channels)
-            index += 1
-        if level != levels - 1:
-            _unet_resnet(shapes, f"input_blocks.{index}.0", channels, channels, embedding)
-            skip_channels.append(channels)
-            index += 1
-    _unet_resnet(shapes, "middle_block.0", channels, channels, embedding)
-    _unet_attention(shapes, "middle_block.1", channels)
-    _unet_resnet(shapes, "middle_block.2", channels, channels, embedding)
-    index = 0
-    for level, multiplier in reversed(list(enumerate(sizes["channel_mult"]))):
-        for layer in range(sizes["num_res_blocks"] + 1):
-            in_channels = channels + skip_channels.pop()
-            _unet_resnet(shapes, f"output_blocks.{index}.0", in_channels, model_channels * multiplier, embedding)
-            channels = model_channels * multiplier
-            position = 1
-            if attention[level]:
-                _unet_attention(shapes, f"output_blocks.{index}.1", channels)
-                position = 2
-            if level and layer == sizes["num_res_blocks"]:
-                _unet_resnet(shapes, f"output_blocks.{index}.{position}", channels, channels, embedding)
-            index += 1
-    _add(shapes, "out.0", _norm(channels))
-    _add(shapes, "out.2", _conv(4, channels, 3))
-    return shapes
 
 
 def random_weights(shapes: dict, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -352,9 +218,8 @@ def fingerprint(tensor: torch.Tensor) -> bytes:
     return tensor.detach().contiguous().numpy().tobytes()
 
 
-@needs_ldm_layout
 def test_unet_weights_are_carried_over_unchanged_and_input_widened_with_zeros():
-    ldm = random_weights(ldm_unet_shapes(SMALL_UNET, SMALL_LATENT))
+    ldm = random_weights(ldm_unet_shapes(SMALL_UNET))
     checkpoint = {f"model.diffusion_model.{name}": tensor for name, tensor in ldm.items()}
     checkpoint["first_stage_model.encoder.conv_in.bias"] = torch.zeros(3)
 
@@ -414,25 +279,26 @@ def ldm_resblock(x: torch.Tensor, embedding: torch.Tensor, weights: dict, prefix
     return skip + hidden
 
 
-@needs_ldm_layout
 @torch.no_grad()
 def test_unet_blocks_compute_what_the_ldm_blocks_computed():
     # Weights of trained magnitudes keep activations near 1, and float rounding far below the tolerance.
-    ldm = {name: 0.1 * tensor for name, tensor in random_weights(ldm_unet_shapes(SMALL_UNET, SMALL_LATENT)).items()}
+    ldm = {name: 0.1 * tensor for name, tensor in random_weights(ldm_unet_shapes(SMALL_UNET)).items()}
     model = convert_unet(ldm, SMALL_LATENT, SMALL_UNET)
     generator = torch.Generator().manual_seed(1)
     x32, x64 = torch.randn(2, 32, 8, 8, generator=generator), torch.randn(2, 64, 4, 4, generator=generator)
     embedding = torch.randn(2, 128, generator=generator)
 
     same = partial(torch.testing.assert_close, rtol=1e-4, atol=1e-5)
-    # Level 0: diffusers runs as many heads as the LDM did, so the fused qkv split must be exact.
+    # 4 heads in every attention block, as in the LDM: 8 channels each at level 0, 16 at level 1 and the middle
     same(model.down_blocks[0].attentions[0](x32), ldm_attention(x32, ldm, "input_blocks.1.1", 4))
+    same(model.down_blocks[1].attentions[0](x64), ldm_attention(x64, ldm, "input_blocks.3.1", 4))
+    same(model.mid_block.attentions[0](x64), ldm_attention(x64, ldm, "middle_block.1", 4))
     same(model.down_blocks[1].resnets[0](x32, embedding), ldm_resblock(x32, embedding, ldm, "input_blocks.3.0"))
     same(model.mid_block.resnets[1](x64, embedding), ldm_resblock(x64, embedding, ldm, "middle_block.2"))
 
 
 def test_unet_of_another_architecture_names_the_keys():
-    ldm = random_weights(ldm_unet_shapes(SMALL_UNET | {"num_res_blocks": 2}, SMALL_LATENT))
+    ldm = random_weights(ldm_unet_shapes(SMALL_UNET | {"num_res_blocks": 2}))
     with pytest.raises(SDMCError, match=r"churches.ckpt: does not fit our denoiser: checkpoint weights with no place "
                                         r"in it \(\d+\): input_blocks.2.1.norm.weight, .*; shape mismatches \(\d+\): "
                                         r"input_blocks.3.0.in_layers.2.weight \(32, 32, 3, 3\) -> "
@@ -461,14 +327,13 @@ def test_convert_command_writes_a_diffusers_folder_once(tmp_path, capsys):
     assert "exists and is not a conversion" in capsys.readouterr().err
 
 
-@needs_ldm_layout
 def test_convert_checkpoint_of_a_unet(tmp_path):
     tiny = SDMC_SIZES["tiny"]["denoiser"]
-    ldm = random_weights(ldm_unet_shapes(tiny, 16))
+    ldm = random_weights(ldm_unet_shapes(tiny))
     full = {f"model.diffusion_model.{name}": tensor for name, tensor in ldm.items()}
     checkpoint = save_lightning_checkpoint(tmp_path / "model.ckpt", full)
-    assert convert_checkpoint(checkpoint, tmp_path / "unet", "unet", latent_size=16, size="tiny")
-    assert not convert_checkpoint(checkpoint, tmp_path / "unet", "unet", latent_size=16, size="tiny")
+    assert convert_checkpoint(checkpoint, tmp_path / "unet", "unet", size="tiny")
+    assert not convert_checkpoint(checkpoint, tmp_path / "unet", "unet", size="tiny")
 
 
 # ---------------------------------------------------------------- sdmc_download_weights

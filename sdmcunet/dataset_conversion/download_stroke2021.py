@@ -8,7 +8,6 @@ safely into `DIR/<group>/`. Every finished step is skipped when the command runs
 """
 
 import argparse
-import hashlib
 import http.client
 import logging
 import os
@@ -28,7 +27,7 @@ from tqdm import tqdm
 from sdmcunet.dataset_conversion.safe_extract import ensure_free_destination, is_extracted, safe_extract
 from sdmcunet.utils.cli import configure_logging, console_entry
 from sdmcunet.utils.errors import SDMCError
-from sdmcunet.utils.files import atomic_output, make_folder
+from sdmcunet.utils.files import atomic_output, make_folder, sha256
 
 BASE_URL = "https://acikveri.saglik.gov.tr"
 GROUPS: dict[str, range] = {
@@ -151,12 +150,9 @@ def verify_checksum(path: Path, checksums: Mapping[str, str]) -> None:
     expected = checksums.get(path.name)
     if expected is None:
         return
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        while chunk := stream.read(_CHUNK_BYTES):
-            digest.update(chunk)
-    if digest.hexdigest() != expected:
-        raise SDMCError(f"{path}: SHA-256 is {digest.hexdigest()}, the checksum file says {expected}")
+    digest = sha256(path)
+    if digest != expected:
+        raise SDMCError(f"{path}: SHA-256 is {digest}, the checksum file says {expected}")
 
 
 def _fetch_part(url: str, part: Path, options: DownloadOptions) -> None:

@@ -30,7 +30,7 @@ class SDMCPlanner:
         self.channel_names = {int(c): name for c, name in dataset_json["channel_names"].items()}
 
     def plan(self) -> dict:
-        image_size = self.image_size()
+        families, image_size = self.families_and_image_size()
         configuration = {
             "data_identifier": f"{self.plans_name}_{CONFIGURATION}",
             "input_channels": self.input_channels(),
@@ -38,7 +38,7 @@ class SDMCPlanner:
             "image_size": [image_size, image_size],
             "latent_size": [image_size // 8, image_size // 8],
             "image_interpolation": "bilinear",
-            "families": self.families(image_size),
+            "families": families,
         }
         return {
             "plans_name": self.plans_name,
@@ -73,18 +73,24 @@ class SDMCPlanner:
                 "window": [low, high if high > low else low + 1.0]}
 
     # --- sizes --------------------------------------------------------------------------
-    def image_size(self) -> int:
-        """The published 256 (128 on CPU), never more than the median image size."""
+    def image_size(self, families: dict) -> int:
+        """The median slice side rounded to the nearest size every network runs on unpadded (at least
+        one such size, at most the published 256, or 128 on the CPU): small slices are enlarged."""
+        multiple = math.lcm(*(presets.native_image_multiple(name, family) for name, family in families.items()))
         wanted = presets.CPU_IMAGE_SIZE if self.gpu_memory_gb is None else presets.PUBLISHED_IMAGE_SIZE
+        smallest = -(-presets.SMALLEST_IMAGE_SIZE // multiple) * multiple
+        largest = max(smallest, wanted // multiple * multiple)
         median = min(self.fingerprint["median_shape"])
-        return max(64, min(wanted, int(median) // 32 * 32))
+        return min(largest, max(smallest, round(median / multiple) * multiple))
 
-    def families(self, image_size: int) -> dict:
+    def families_and_image_size(self) -> tuple[dict, int]:
         if self.gpu_memory_gb is None:
-            return presets.cpu_families()
+            families = presets.cpu_families()
+            return families, self.image_size(families)
         n_cases = len(self.fingerprint["cases"])
         for size_preset in presets.GPU_SDMC_SIZE_ORDER:  # the published size when it fits
             families = presets.with_sdmc_size(presets.gpu_families(), size_preset)
+            image_size = self.image_size(families)
             batch_sizes = {name: self.largest_batch(name, family, image_size) for name, family in families.items()}
             if min(batch_sizes.values()) > 0:
                 break
@@ -96,10 +102,14 @@ class SDMCPlanner:
         for name, family in families.items():
             family["batch_size"] = min(batch_sizes[name], family["batch_size"])  # published batch at most
             family["schedule"]["iterations_per_epoch"] = self.iterations_per_epoch(n_cases, family["batch_size"])
-        return families
+        return families, image_size
 
     def largest_batch(self, family_name: str, family: dict, image_size: int) -> int:
-        models = presets.memory_models(family_name, family, len(self.input_channels()), image_size)
+        try:
+            models = presets.memory_models(family_name, family, len(self.input_channels()), image_size)
+        except (RuntimeError, ValueError) as error:  # sizes the networks cannot run on
+            raise SDMCError(f"cannot estimate the GPU memory of the {family_name} networks on {image_size}x{image_size} "
+                            f"images ({str(error).splitlines()[0]}); check their sizes in the presets or plans") from None
         return min(model.largest_batch(self.gpu_memory_gb) for model in models)
 
     @staticmethod

@@ -16,6 +16,7 @@ INTERPOLATIONS = ("bilinear", "bicubic")
 FAMILIES = ("baseline", "sdmc", "mask_autoencoder")
 LR_DECAYS = ("constant", "poly")
 OPTIMIZERS = ("adam", "adamw")
+AMP_DTYPES = ("float16", "bfloat16")  # autocast precision on CUDA
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")  # what the SDMC denoiser outputs
 SELECTION_METRICS = ("IoU", "Dice")
 NETWORK_DIVISOR = 32  # five 2x downsamplings (U-Nets, Swin-UNETR) and the VAE's factor 8
@@ -113,7 +114,8 @@ def _configuration_problems(config: dict, plans: dict) -> list[str]:
         problems.append(f"crop_to_head must be true or false, got {config['crop_to_head']!r}")
     size = config["image_size"]
     if not (isinstance(size, list) and len(size) == 2 and all(isinstance(s, int) and s > 0 and s % NETWORK_DIVISOR == 0 for s in size)):
-        problems.append(f"image_size must be two positive multiples of {NETWORK_DIVISOR}, got {size}")
+        problems.append(f"image_size must be two positive multiples of {NETWORK_DIVISOR} (the networks downsample "
+                        f"five times){_nearest_allowed(size)}, got {size}")
     elif config["latent_size"] != [s // 8 for s in size]:
         problems.append(f"latent_size must be image_size / 8 = {[s // 8 for s in size]}, got {config['latent_size']}")
     if config["image_interpolation"] not in INTERPOLATIONS:
@@ -134,6 +136,14 @@ def _configuration_problems(config: dict, plans: dict) -> list[str]:
             continue
         problems += [f"families.{family}: {p}" for p in _family_problems(settings)]
     return problems
+
+
+def _nearest_allowed(size) -> str:
+    sides = size if isinstance(size, list) else [size]
+    if not all(_is_number(side) and side > 0 for side in sides):
+        return ""
+    nearest = sorted({max(1, int(side) // NETWORK_DIVISOR + up) * NETWORK_DIVISOR for side in sides for up in (0, 1)})
+    return f": for example {', '.join(map(str, nearest))}"
 
 
 def _channel_problems(channel: dict, num_raw_channels: int) -> list[str]:
@@ -177,12 +187,34 @@ def _family_problems(settings: dict) -> list[str]:
         problems.append(f"schedule.lr_decay must be one of {LR_DECAYS}")
     if schedule.get("optimizer") not in OPTIMIZERS:
         problems.append(f"schedule.optimizer must be one of {OPTIMIZERS}")
+    if schedule.get("amp_dtype", "float16") not in AMP_DTYPES:
+        problems.append(f"schedule.amp_dtype must be one of {AMP_DTYPES}, got {schedule.get('amp_dtype')!r}")
     if not isinstance(settings.get("networks"), dict) or not settings["networks"]:
         problems.append("networks must name at least one network size")
+    elif isinstance(settings["networks"].get("denoiser"), dict):
+        problems += [f"networks.denoiser.{p}" for p in _denoiser_problems(settings["networks"]["denoiser"])]
     diffusion = settings.get("diffusion")
     if isinstance(diffusion, dict) and diffusion.get("prediction_type") not in PREDICTION_TYPES:
         problems.append(f"diffusion.prediction_type must be one of {PREDICTION_TYPES}, got {diffusion.get('prediction_type')!r}")
     return problems
+
+
+def _denoiser_problems(sizes: dict) -> list[str]:
+    """The LDM UNet's structure: attention by downsampling rate, heads that divide every attention block."""
+    multipliers, rates = sizes.get("channel_mult"), sizes.get("attention_resolutions")
+    if not (isinstance(multipliers, list) and multipliers and all(isinstance(m, int) and m > 0 for m in multipliers)
+            and isinstance(sizes.get("model_channels"), int) and sizes["model_channels"] > 0):
+        return ["model_channels must be a positive integer and channel_mult a list of positive integers"]
+    allowed = [2**level for level in range(len(multipliers))]
+    if not (isinstance(rates, list) and all(rate in allowed for rate in rates)):
+        return [f"attention_resolutions are LDM's downsampling rates of the latent (1 = full size); with "
+                f"{len(multipliers)} levels they are among {allowed}, got {rates}"]
+    heads = sizes.get("num_heads")
+    widths = {sizes["model_channels"] * multipliers[level] for level, rate in enumerate(allowed) if rate in rates}
+    widths.add(sizes["model_channels"] * multipliers[-1])  # the mid block's attention
+    if not (isinstance(heads, int) and heads > 0 and all(width % heads == 0 for width in widths)):
+        return [f"num_heads must divide the width of every attention block ({sorted(widths)}), got {heads}"]
+    return []
 
 
 def load_existing_plans(path: Path) -> dict | None:

@@ -12,28 +12,33 @@ from sdmcunet.experiment_planning.memory import (
     FROZEN_BYTES_PER_PARAMETER, TRAINABLE_BYTES_PER_PARAMETER, MemoryModel, activation_bytes, on_meta,
     parameter_count,
 )
+from sdmcunet.experiment_planning.plans import NETWORK_DIVISOR
 from sdmcunet.labels import LABELS
 from sdmcunet.networks.baselines import build_baseline
-from sdmcunet.networks.latent_diffusion import LATENT_CHANNELS, build_autoencoder, build_denoiser
+from sdmcunet.networks.latent_diffusion import (
+    DOWNSAMPLING_FACTOR, LATENT_CHANNELS, build_autoencoder, build_denoiser, latent_multiple, padded_latent_size,
+)
 
 PUBLISHED_IMAGE_SIZE = 256
 CPU_IMAGE_SIZE = 128
+SMALLEST_IMAGE_SIZE = 64
 
 # SDMC network sizes by name: "sd" is the published model (Stable Diffusion first stage, LDM
 # UNet of about 295M parameters), "small" fits smaller GPUs, "tiny" trains on a CPU.
+# attention_resolutions are LDM's: downsampling rates of the latent (1 = its full size).
 SDMC_SIZES = {
     "sd": {
         "autoencoder": {"ch": 128, "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "pretrained": "sd-kl-f8"},
         "image_encoder": {"dropout": 0.2},
         "denoiser": {"model_channels": 192, "channel_mult": [1, 2, 2, 4, 4], "num_res_blocks": 2,
-                     "attention_resolutions": [32, 16, 8, 4], "num_heads": 8, "dropout": 0.2,
+                     "attention_resolutions": [1, 2, 4, 8], "num_heads": 8, "dropout": 0.2,
                      "pretrained": "lsun_churches256"},
     },
     "small": {
         "autoencoder": {"ch": 64, "ch_mult": [1, 2, 4, 4], "num_res_blocks": 1, "pretrained": None},
         "image_encoder": {"dropout": 0.1},
         "denoiser": {"model_channels": 96, "channel_mult": [1, 2, 2, 4], "num_res_blocks": 2,
-                     "attention_resolutions": [8, 4], "num_heads": 4, "dropout": 0.1, "pretrained": None},
+                     "attention_resolutions": [4, 8], "num_heads": 4, "dropout": 0.1, "pretrained": None},
     },
     "tiny": {
         "autoencoder": {"ch": 16, "ch_mult": [1, 2, 2, 4], "num_res_blocks": 1, "pretrained": None},
@@ -146,9 +151,16 @@ def _baseline_memory(name: str, sizes: dict, in_channels: int, image_size: int) 
     return MemoryModel(TRAINABLE_BYTES_PER_PARAMETER * parameter_count(network), activation_bytes(network, image))
 
 
+def native_image_multiple(family_name: str, family: dict) -> int:
+    """Image sides a family's networks run on without padding are multiples of this."""
+    if family_name == "sdmc":
+        return DOWNSAMPLING_FACTOR * latent_multiple(family["networks"]["denoiser"])
+    return DOWNSAMPLING_FACTOR if family_name == "mask_autoencoder" else NETWORK_DIVISOR
+
+
 def _sdmc_memory(networks: dict, image_size: int) -> MemoryModel:
     """Trainable image encoder and denoiser (+ its EMA copy); frozen mask autoencoder."""
-    latent_size = image_size // 8
+    latent_size = padded_latent_size(networks["denoiser"], image_size // DOWNSAMPLING_FACTOR)
     autoencoder = on_meta(lambda: build_autoencoder(networks["autoencoder"]))
     denoiser = on_meta(lambda: build_denoiser(networks["denoiser"], latent_size))
     image = torch.empty(1, 3, image_size, image_size, device="meta")

@@ -5,24 +5,33 @@ Uncompressed pixel data is read at its full allocated width instead of through p
 that say 12 bits while the values need 16, and masking would silently corrupt bone and lesions.
 """
 
+from __future__ import annotations
+
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pydicom
-from pydicom.errors import BytesLengthException, InvalidDicomError
 
 from sdmcunet.utils.errors import SDMCError
+
+if TYPE_CHECKING:  # imported on first use: training and inference on arrays need no DICOM reader
+    import pydicom
 
 CODEC_HINT = (
     "install a decoder for it: pip install 'sdmcunet[dicom-codecs]' "
     "(pylibjpeg, pylibjpeg-libjpeg, pylibjpeg-openjpeg) or pip install python-gdcm"
 )
 REQUIRED_KEYWORDS = ("PixelData", "Rows", "Columns", "BitsAllocated")
-# pydicom converts header values when they are first used: a damaged value (or value representation)
-# fails there, not in dcmread.
-HEADER_VALUE_ERRORS = (ValueError, TypeError, OverflowError, NotImplementedError, BytesLengthException)
+
+
+def _header_value_errors() -> tuple[type[Exception], ...]:
+    """pydicom converts header values when they are first used: a damaged value (or value representation)
+    fails there, not in dcmread."""
+    from pydicom.errors import BytesLengthException
+
+    return ValueError, TypeError, OverflowError, NotImplementedError, BytesLengthException
 
 
 @dataclass
@@ -40,7 +49,7 @@ def read_dicom_slice(path: str | Path, require_ct: bool = True) -> DicomSlice:
     dataset = _read_dataset(path)
     try:
         return _ct_slice(path, dataset, require_ct)
-    except HEADER_VALUE_ERRORS as error:
+    except _header_value_errors() as error:
         raise SDMCError(f"{path}: a DICOM header value is unreadable ({type(error).__name__}: {error})") from None
 
 
@@ -69,13 +78,16 @@ def _ct_slice(path: Path, dataset: pydicom.Dataset, require_ct: bool) -> DicomSl
 
 
 def _read_dataset(path: Path) -> pydicom.Dataset:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
     try:
         dataset = pydicom.dcmread(path)
     except FileNotFoundError:
         raise SDMCError(f"{path}: file not found") from None
     except InvalidDicomError as error:
         raise SDMCError(f"{path}: not a DICOM file ({error})") from None
-    except (EOFError, OSError, KeyError, struct.error, *HEADER_VALUE_ERRORS) as error:
+    except (EOFError, OSError, KeyError, struct.error, *_header_value_errors()) as error:
         raise SDMCError(f"{path}: unreadable or truncated DICOM ({type(error).__name__}: {error})") from None
     if missing := [keyword for keyword in REQUIRED_KEYWORDS if keyword not in dataset]:
         raise SDMCError(f"{path}: DICOM header lacks {', '.join(missing)}: not an image")

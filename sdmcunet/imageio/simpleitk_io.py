@@ -11,7 +11,6 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 
 from sdmcunet.utils.errors import SDMCError
 from sdmcunet.utils.files import atomic_output
@@ -83,7 +82,16 @@ def _float_voxel_layout(header: bytes) -> tuple[np.dtype, int] | None:
     return None
 
 
+def _simpleitk():
+    """SimpleITK, imported on first use: training and inference on arrays read no image files (a GPU machine
+    can run them without SimpleITK installed)."""
+    import SimpleITK
+
+    return SimpleITK
+
+
 def _read(path: str | Path, image_io: str) -> tuple[np.ndarray, tuple[float, ...]]:
+    sitk = _simpleitk()
     path = Path(path)
     if not path.is_file():
         raise SDMCError(f"{path}: file not found")
@@ -103,6 +111,7 @@ def write_image(array: np.ndarray, path: str | Path, spacing: tuple[float, float
 
     PNG holds only uint8/uint16 and no spacing; NIfTI keeps the dtype and the spacing.
     """
+    sitk = _simpleitk()
     path = Path(path)
     if array.ndim != 2:
         raise ValueError(f"expected a 2D array for {path}, got shape {array.shape}")
@@ -126,6 +135,7 @@ def write_rgb_png(picture: np.ndarray, path: str | Path) -> None:
     """Write an (H, W, 3) uint8 picture as an RGB PNG, atomically."""
     if picture.ndim != 3 or picture.shape[2] != 3 or picture.dtype != np.uint8:
         raise ValueError(f"expected an (H, W, 3) uint8 picture for {path}, got {picture.shape} {picture.dtype}")
+    sitk = _simpleitk()
     with atomic_output(path) as temporary:
         sitk.WriteImage(sitk.GetImageFromArray(np.ascontiguousarray(picture), isVector=True), str(temporary))
         _check_complete(temporary, picture)
@@ -142,7 +152,7 @@ def _check_complete(path: Path, array: np.ndarray) -> None:
                 while stream.read(1 << 20):
                     pass
         elif name.endswith(".png"):  # libpng refuses a truncated PNG
-            sitk.ReadImage(str(path))
+            _simpleitk().ReadImage(str(path))
         # an uncompressed NIfTI file is (at least) the 348-byte header followed by the voxels
         complete = not name.endswith(".nii") or path.stat().st_size >= 348 + array.nbytes
     except (OSError, EOFError, zlib.error, RuntimeError):

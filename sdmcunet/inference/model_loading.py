@@ -85,6 +85,6 @@ def _fold_trainer(plans: dict, fold: str, checkpoint: Path, device: torch.device
     trainer = trainer_class(plans, state["configuration"], int(fold) if fold.isdigit() else fold,
                             checkpoint.parent.parent, str(device))
     trainer.initialize(initial_weights=False)
-    trainer.load_state(state, weights_only=True)
+    trainer.load_state(state, checkpoint.parent, weights_only=True)
     trainer.network.eval()
     return trainer

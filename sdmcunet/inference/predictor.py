@@ -9,7 +9,6 @@ original geometry once.
 import logging
 from dataclasses import dataclass
 from functools import partial
-from multiprocessing import Pool
 from multiprocessing.pool import ThreadPool
 from pathlib import Path
 from typing import Iterator
@@ -27,6 +26,7 @@ from sdmcunet.preprocessing.geometry import Geometry, channels_to_original, prob
 from sdmcunet.preprocessing.preprocessor import preprocess_image
 from sdmcunet.utils.errors import SDMCError
 from sdmcunet.utils.files import make_folder
+from sdmcunet.utils.parallel import worker_pool
 
 log = logging.getLogger("sdmcunet.inference")
 MIRROR_AXIS = -1  # left-right, the only mirroring of the training augmentation
@@ -126,10 +126,6 @@ def export_case(prepared: PreparedCase, probabilities: np.ndarray, uncertainty: 
     write_label_map(label_map, label_path, prepared.spacing)  # last: a label map means the case is complete
 
 
-def _single_threaded_worker() -> None:
-    torch.set_num_threads(1)  # the network's threads are in the main process
-
-
 def predict_folder(model: LoadedModel, listing: InputListing, output: Path, options: PredictionOptions,
                    num_processes: int) -> PredictionRun:
     """Predict every listed case whose outputs are not all there yet (all of them with `overwrite`)."""
@@ -145,7 +141,7 @@ def predict_folder(model: LoadedModel, listing: InputListing, output: Path, opti
     batch_size = model.configuration["families"][type(model.folds[0]).family]["batch_size"]
     prepare = partial(prepare_case, configuration=model.configuration, channel_names=model.dataset.channel_names,
                       with_display=options.overlays)
-    pool = Pool(num_processes, initializer=_single_threaded_worker) if num_processes > 0 else ThreadPool(1)
+    pool = worker_pool(num_processes) if num_processes > 0 else ThreadPool(1)
     with pool, tqdm(total=len(pending), desc="predicting", unit="slice") as progress:
         writes = []
         try:

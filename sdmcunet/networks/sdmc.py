@@ -22,6 +22,8 @@ softmax keeps the argmax over the decoded channels (DESIGN §5) wherever they li
 channels above 1, became a tie that argmax settled as non-stroke.
 """
 
+import logging
+
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 from diffusers.models.resnet import ResnetBlock2D
@@ -29,17 +31,34 @@ from torch import nn
 from torch.nn import functional as F
 
 from sdmcunet.experiment_planning.plans import PREDICTION_TYPES
-from sdmcunet.networks.latent_diffusion import LATENT_CHANNELS, build_autoencoder, build_denoiser
+from sdmcunet.networks.latent_diffusion import (
+    LATENT_CHANNELS, build_autoencoder, build_denoiser, latent_multiple, padded_latent_size,
+)
 
+log = logging.getLogger("sdmcunet.networks")
 NUM_MASK_COLOURS = 3  # non-stroke, ischemic, hemorrhagic -> red, green, blue
 # An exactly encoded class (+1 against -1) gets probability 0.995; the argmax ignores the value.
 COLOUR_SHARPNESS = 3.0
 
 
+def _schedule_config(diffusion: dict) -> dict:
+    return {"num_train_timesteps": diffusion["num_train_timesteps"], "beta_schedule": diffusion["beta_schedule"],
+            "beta_start": diffusion["beta_start"], "beta_end": diffusion["beta_end"],
+            "prediction_type": diffusion["prediction_type"]}
+
+
 def noise_schedule(diffusion: dict) -> DDPMScheduler:
-    return DDPMScheduler(num_train_timesteps=diffusion["num_train_timesteps"], beta_schedule=diffusion["beta_schedule"],
-                         beta_start=diffusion["beta_start"], beta_end=diffusion["beta_end"],
-                         prediction_type=diffusion["prediction_type"])
+    return DDPMScheduler(**_schedule_config(diffusion))
+
+
+def ldm_ddim_scheduler(diffusion: dict) -> DDIMScheduler:
+    """LDM's DDIM sampler (ldm/models/diffusion/ddim.py) as a diffusers scheduler.
+
+    LDM steps through the timesteps 981, 961, ..., 1 for 50 steps (`steps_offset` 1), ends on
+    alphas_cumprod[0] rather than 1 (`set_alpha_to_one` False) and never clips the predicted latent.
+    """
+    return DDIMScheduler(**_schedule_config(diffusion), clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+                         timestep_spacing="leading")
 
 
 def mask_to_colour_image(label_map: torch.Tensor, num_classes: int = NUM_MASK_COLOURS) -> torch.Tensor:
@@ -68,12 +87,20 @@ class ImageEncoder(nn.Module):
 
 
 class SDMCSeg(nn.Module):
+    """`networks`: the plans' sizes of `autoencoder`, `image_encoder` and `denoiser`; `diffusion`: the noise
+    schedule and `prediction_type`; `latent_size`: the latent side (image size / 8) the plans train at."""
+
     def __init__(self, networks: dict, diffusion: dict, latent_size: int):
         super().__init__()
         self.mask_autoencoder = build_autoencoder(networks["autoencoder"])
         self.mask_autoencoder.requires_grad_(False)
         self.image_encoder = ImageEncoder(networks["autoencoder"], networks["image_encoder"]["dropout"])
         self.denoiser = build_denoiser(networks["denoiser"], latent_size)
+        self.latent_multiple = latent_multiple(networks["denoiser"])
+        if latent_size % self.latent_multiple:
+            log.warning("latent size %d: the denoiser downsamples to 1/%d, so its latents are zero-padded to %d "
+                        "(image sizes that are multiples of %d need no padding)", latent_size, self.latent_multiple,
+                        padded_latent_size(networks["denoiser"], latent_size), 8 * self.latent_multiple)
         self.register_buffer("alphas_cumprod", noise_schedule(diffusion).alphas_cumprod.float())
         if diffusion["prediction_type"] not in PREDICTION_TYPES:
             raise ValueError(f"prediction_type {diffusion['prediction_type']!r} is not one of {', '.join(PREDICTION_TYPES)}")
@@ -130,7 +157,7 @@ class SDMCSeg(nn.Module):
         noise = torch.randn_like(mask_latent)
         signal, noise_scale = self._coefficients(timesteps)
         noisy = signal * mask_latent + noise_scale * noise
-        output = (denoiser or self.denoiser)(torch.cat([noisy, image_latent], dim=1), timesteps).sample
+        output = self.denoise(noisy, image_latent, timesteps, denoiser)
         predicted_noise, predicted_latent = self.estimates(noisy, output, timesteps)
         return F.l1_loss(predicted_noise, noise) + F.l1_loss(predicted_latent, mask_latent)
 
@@ -143,25 +170,43 @@ class SDMCSeg(nn.Module):
         draws = []
         for _ in range(n_samples):
             noise = torch.randn(image_latent.shape, generator=generator, device=image.device, dtype=image_latent.dtype)
-            output = (denoiser or self.denoiser)(torch.cat([noise, image_latent], dim=1), timesteps).sample
+            output = self.denoise(noise, image_latent, timesteps, denoiser)
             latent = self.estimates(noise, output, timesteps)[1] / self.scale_factor
             draws.append(colour_image_to_probabilities(self.mask_autoencoder.decode(latent).sample))
         stacked = torch.stack(draws)
         return stacked.mean(0), stacked.std(0, unbiased=False).amax(1) if n_samples > 1 else torch.zeros_like(stacked[0, :, 0])
 
     @torch.no_grad()
-    def segment_multistep(self, image: torch.Tensor, num_steps: int, diffusion: dict,
+    def segment_multistep(self, image: torch.Tensor, num_steps: int, diffusion: dict, eta: float = 1.0,
                           generator: torch.Generator | None = None, denoiser: nn.Module | None = None) -> torch.Tensor:
-        """Class probabilities by DDIM sampling in `num_steps` steps (the multi-step baseline of one step)."""
-        scheduler = DDIMScheduler.from_config(noise_schedule(diffusion).config)
+        """Class probabilities by LDM's DDIM sampling in `num_steps` steps (the multi-step baseline of one step).
+
+        `eta` 1 (fresh noise at every step, DDPM-like) is what the reference code evaluates with; 0 is
+        deterministic DDIM."""
+        scheduler = ldm_ddim_scheduler(diffusion)
         scheduler.set_timesteps(num_steps, device=image.device)
         image_latent = self.condition(image)
         latent = torch.randn(image_latent.shape, generator=generator, device=image.device, dtype=image_latent.dtype)
         for timestep in scheduler.timesteps:
             timesteps = torch.full((image.shape[0],), int(timestep), device=image.device, dtype=torch.long)
-            output = (denoiser or self.denoiser)(torch.cat([latent, image_latent], dim=1), timesteps).sample
-            latent = scheduler.step(output, timestep, latent).prev_sample  # the scheduler reads prediction_type
+            output = self.denoise(latent, image_latent, timesteps, denoiser)
+            latent = scheduler.step(output, timestep, latent, eta=eta, generator=generator).prev_sample
         return colour_image_to_probabilities(self.mask_autoencoder.decode(latent / self.scale_factor).sample)
+
+    def denoise(self, noisy: torch.Tensor, image_latent: torch.Tensor, timesteps: torch.Tensor,
+                denoiser: nn.Module | None = None) -> torch.Tensor:
+        """The UNet output for [z_t, c] at `timesteps` (`denoiser`: e.g. the EMA copy; default the trained one).
+
+        A latent side the UNet's downsamplings do not divide is zero-padded around, and the output
+        cropped back: the network computes exactly LDM's function wherever no padding is needed.
+        """
+        inputs = torch.cat([noisy, image_latent], dim=1)
+        height, width = inputs.shape[-2:]
+        pad_rows, pad_columns = -height % self.latent_multiple, -width % self.latent_multiple
+        top, left = pad_rows // 2, pad_columns // 2
+        if pad_rows or pad_columns:
+            inputs = F.pad(inputs, (left, pad_columns - left, top, pad_rows - top))
+        return (denoiser or self.denoiser)(inputs, timesteps).sample[..., top:top + height, left:left + width]
 
 
 class MaskAutoencoder(nn.Module):

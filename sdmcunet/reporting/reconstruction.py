@@ -22,7 +22,7 @@ from sdmcunet.reporting.document import Figure, Section
 from sdmcunet.reporting.figures import image_grid, overlay
 from sdmcunet.reporting.qualitative import LESION_CATEGORIES, choose_slices, class_areas
 from sdmcunet.reporting.tables import folds_cell, lesion_mean, model_cell
-from sdmcunet.training.checkpoints import load_checkpoint
+from sdmcunet.training.checkpoints import load_checkpoint, network_weights
 from sdmcunet.training.data_loading import PreprocessedCases
 from sdmcunet.training.mask_autoencoder_source import MASK_AUTOENCODER_TRAINER, load_state_checked
 from sdmcunet.utils.errors import SDMCError
@@ -50,7 +50,7 @@ def pretrained_autoencoder(results: Results) -> LoadedAutoencoder:
     if model is not None:
         fold = model.folds[0]
         sizes = model.networks(results.configuration, "sdmc")["autoencoder"]
-        state = load_checkpoint(fold.checkpoint, PRETRAINED_TRAINER, mmap=True)["network"]
+        state = network_weights(load_checkpoint(fold.checkpoint, PRETRAINED_TRAINER, mmap=True), fold.folder)
         origin = (f"the plans' {sizes['pretrained']} weights" if sizes.get("pretrained")
                   else "a random initialisation, as the plans name no pretrained weights")
         return LoadedAutoencoder(_mask_autoencoder(sizes, state, "mask_autoencoder.", fold.checkpoint),

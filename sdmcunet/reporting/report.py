@@ -86,14 +86,19 @@ def ablation_section(results: Results) -> Section:
 
 
 def curves_section(results: Results) -> Section:
-    def histories(model: Model) -> list:
-        return [(fold.name, fold.history()) for fold in model.folds]
+    def histories(models: list[Model]) -> dict:
+        """Trainer -> (fold, history) of the folds trained here (an imported model's fold has no epochs)."""
+        trained = {model.trainer: [(fold.name, fold.history()) for fold in model.folds] for model in models}
+        return {trainer: [(fold, history) for fold, history in folds if history.train_loss]
+                for trainer, folds in trained.items() if any(history.train_loss for _, history in folds)}
 
     groups = {}
-    if results.segmentation_models:
-        groups["segmentation"] = {model.trainer: histories(model) for model in results.segmentation_models}
-    if MASK_AUTOENCODER_TRAINER in results.models:
-        groups["mask autoencoder"] = {MASK_AUTOENCODER_TRAINER: histories(results.models[MASK_AUTOENCODER_TRAINER])}
+    if segmentation := histories(results.segmentation_models):
+        groups["segmentation"] = segmentation
+    if MASK_AUTOENCODER_TRAINER in results.models and (mask := histories([results.models[MASK_AUTOENCODER_TRAINER]])):
+        groups["mask autoencoder"] = mask
+    if not groups:
+        return Section("Training curves", ["No model was trained here (imported models carry no training history)."])
     caption = ("Per epoch, from each finished fold's checkpoint_final.pth: validation Dice (mean of IS and HS; for the "
                "mask autoencoder, of its reconstructions) and training loss (log scale). One line per fold, the first "
                "fold solid, the others lighter.")

@@ -3,17 +3,24 @@
 A checkpoint is a dict saved by `torch.save`; it is read with `torch.load(weights_only=True)`,
 which refuses any object that could run code. A crash or a full disk while writing leaves the
 previous checkpoint intact (temporary file + rename); a failed write is an SDMCError.
+
+Parts of a network that never train (SDMC's mask autoencoder) are not in the checkpoints: they are
+saved once per fold, as a diffusers folder beside them, and each checkpoint records the sha256 of
+that folder's weights (`frozen_parts`), so that a checkpoint never pairs with other frozen weights.
 """
 
+import shutil
 from pathlib import Path
 
 import torch
 
 from sdmcunet.utils.errors import SDMCError
-from sdmcunet.utils.files import atomic_output
-from sdmcunet.utils.safe_load import safe_torch_load
+from sdmcunet.utils.files import atomic_output, sha256
+from sdmcunet.utils.safe_load import load_tensor_dict, safe_torch_load
 
 FORMAT = "sdmcunet-checkpoint-1"
+FROZEN_PARTS = "frozen_parts"  # checkpoint key: frozen part name -> sha256 of its weights file
+WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"  # what diffusers' save_pretrained writes
 
 
 def save_checkpoint(path: Path, content: dict) -> None:
@@ -34,3 +41,37 @@ def load_checkpoint(path: Path, trainer_name: str | None = None, mmap: bool = Fa
     if trainer_name is not None and content.get("trainer") != trainer_name:
         raise SDMCError(f"{path}: written by {content.get('trainer')}, not by {trainer_name}")
     return content
+
+
+def save_frozen_part(folder: Path, model) -> str:
+    """`model.save_pretrained` (a diffusers model) into `folder`, unless it holds these weights already;
+    returns the sha256 of the weights file."""
+    staging = folder.with_name(f".{folder.name}.saving")
+    shutil.rmtree(staging, ignore_errors=True)  # left over from a killed run: incomplete
+    try:
+        model.save_pretrained(staging, safe_serialization=True)
+        digest = sha256(staging / WEIGHTS_FILE)
+        if (folder / WEIGHTS_FILE).is_file() and sha256(folder / WEIGHTS_FILE) == digest:
+            return digest
+        if folder.exists():
+            shutil.rmtree(folder)
+        staging.rename(folder)
+    except OSError as error:
+        raise SDMCError(f"{folder}: could not be written ({error.strerror or error})") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return digest
+
+
+def network_weights(state: dict, folder: Path) -> dict[str, torch.Tensor]:
+    """The checkpoint's network weights, its frozen parts read back from their folders in `folder`."""
+    network = dict(state["network"])
+    for name, digest in state.get(FROZEN_PARTS, {}).items():
+        weights = folder / name / WEIGHTS_FILE
+        if not weights.is_file():
+            raise SDMCError(f"{weights}: missing; the checkpoints beside it need the {name} weights saved there")
+        if sha256(weights) != digest:
+            raise SDMCError(f"{weights}: holds other {name} weights than the checkpoints beside it were trained with "
+                            f"(a later training of this fold replaced them); train the fold again")
+        network |= {f"{name}.{key}": value for key, value in load_tensor_dict(weights).items()}
+    return network

@@ -26,6 +26,25 @@ def load_state_checked(module: nn.Module, state: dict[str, torch.Tensor], source
     module.load_state_dict(state)
 
 
+def pretrained_sets(networks: dict) -> dict[str, str]:
+    """Name -> kind ("vae", "unet") of the published weights the plans' networks start from."""
+    kinds = {"autoencoder": "vae", "denoiser": "unet"}
+    return {networks[part]["pretrained"]: kind for part, kind in kinds.items()
+            if part in networks and networks[part].get("pretrained")}
+
+
+def raise_if_weights_missing(trainer, fine_tuned: bool) -> None:
+    """One error listing every set of initial weights that is missing (pretrained and fine-tuned alike)."""
+    from sdmcunet.weights.download import missing_pretrained
+
+    missing = missing_pretrained(pretrained_sets(trainer.settings["networks"]))
+    if fine_tuned and not fine_tuned_source(trainer).exists():
+        missing.append(_how_to_fine_tune(trainer))
+    if missing:
+        raise SDMCError(f"{type(trainer).__name__} cannot start: {len(missing)} set(s) of initial weights missing:\n  "
+                        + "\n  ".join(missing))
+
+
 def load_pretrained_parts(model: nn.Module, networks: dict) -> None:
     """Load the published weights the plans name (SD VAE, LDM UNet)."""
     vae_name = networks["autoencoder"].get("pretrained")
@@ -42,22 +61,33 @@ def load_pretrained_parts(model: nn.Module, networks: dict) -> None:
         load_state_checked(model.denoiser, load_pretrained_denoiser(unet_name).state_dict(), unet_name)
 
 
+def fine_tuned_source(trainer) -> Path:
+    """The fine-tuned mask autoencoder given on the command line, else the one trained for this fold."""
+    path = trainer.options.get("mask_autoencoder")
+    if path is not None:
+        return Path(path)
+    folder = model_folder(trainer.plans["dataset_name"], MASK_AUTOENCODER_TRAINER, trainer.plans["plans_name"],
+                          trainer.configuration_name)
+    return fold_folder(folder, trainer.fold) / "checkpoint_final.pth"
+
+
+def _how_to_fine_tune(trainer) -> str:
+    given = trainer.options.get("mask_autoencoder")
+    if given is not None:
+        return f"{given}: not found (the fine-tuned mask autoencoder given with -mask_autoencoder)"
+    dataset_id = trainer.plans["dataset_name"].split("_")[0].removeprefix("Dataset")
+    return (f"{fine_tuned_source(trainer)}: no fine-tuned mask autoencoder for fold {trainer.fold}; train it with "
+            f"`sdmc_train {dataset_id} {trainer.configuration_name} {trainer.fold} -tr {MASK_AUTOENCODER_TRAINER}`, "
+            f"or give one with -mask_autoencoder FILE")
+
+
 def load_fine_tuned(mask_autoencoder: nn.Module, trainer) -> Path:
     """Load the fine-tuned mask autoencoder given on the command line or trained for this fold."""
-    path = trainer.options.get("mask_autoencoder")
-    if path is None:
-        folder = model_folder(trainer.plans["dataset_name"], MASK_AUTOENCODER_TRAINER, trainer.plans["plans_name"],
-                              trainer.configuration_name)
-        path = fold_folder(folder, trainer.fold) / "checkpoint_final.pth"
-        if not path.is_file():
-            raise SDMCError(
-                f"no fine-tuned mask autoencoder for fold {trainer.fold} ({path} missing): train it first with "
-                f"`sdmc_train {trainer.plans['dataset_name'].split('_')[0].removeprefix('Dataset')} "
-                f"{trainer.configuration_name} {trainer.fold} -tr {MASK_AUTOENCODER_TRAINER}`, "
-                f"or give one with -mask_autoencoder FILE"
-            )
-    load_state_checked(mask_autoencoder, _mask_autoencoder_state(Path(path), trainer.plans), path)
-    return Path(path)
+    path = fine_tuned_source(trainer)
+    if not path.exists():
+        raise SDMCError(_how_to_fine_tune(trainer))
+    load_state_checked(mask_autoencoder, _mask_autoencoder_state(path, trainer.plans), path)
+    return path
 
 
 def _mask_autoencoder_state(path: Path, plans: dict) -> dict[str, torch.Tensor]:

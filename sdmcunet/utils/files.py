@@ -1,5 +1,6 @@
 """Atomic file writing: a reader sees the old file or the new one, never half of one."""
 
+import hashlib
 import json
 import os
 import shutil
@@ -14,6 +15,7 @@ from sdmcunet.utils.errors import SDMCError
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 FILE_MODE = 0o666 & ~_UMASK
+_CHUNK_BYTES = 1 << 20
 
 
 def make_folder(folder: str | os.PathLike) -> Path:
@@ -108,3 +110,12 @@ def read_json(path: str | os.PathLike) -> Any:
         raise SDMCError(f"{path}: file not found") from None
     except json.JSONDecodeError as error:
         raise SDMCError(f"{path}: not valid JSON ({error})") from None
+
+
+def sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's content, read in chunks (checkpoints can be gigabytes)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        while chunk := stream.read(_CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -13,6 +13,8 @@ is that of diffusers' `convert_ldm_vae_checkpoint`, which silently skips what it
     decoder.up.L.block.J / upsample.conv    -> decoder.up_blocks.(levels-1-L).resnets.J / upsamplers.0.conv
     *.mid.block_1 / attn_1 / block_2        -> *.mid_block.resnets.0 / attentions.0 / resnets.1
     attention norm, q, k, v, proj_out       -> group_norm, to_q, to_k, to_v, to_out.0 (1x1 conv -> linear)
+The encoder alone (SDSeg's image encoder, `cond_stage_model.encoder.*`) converts by the same
+table with `convert_vae_encoder`.
 
 Denoiser (openaimodel UNetModel with use_scale_shift_norm and resblock_updown, the LDM
 LSUN-Churches-256 config; a `model.diffusion_model.` prefix is dropped, the rest of a full LDM
@@ -34,14 +36,15 @@ used, as diffusers does by default):
                                                with the checkpoint's head count (`num_heads`)
                                                and channel block h of each projection is head h.
 
-Not exact: the LDM UNet has `num_heads` heads in every attention block; UNet2DModel has one head
-width for all blocks (build_denoiser: model_channels / num_heads), so blocks wider than
-model_channels split their channels into more, narrower heads than the network that learned
-them. The weights fit unchanged, but no reshaping of them makes those blocks equivalent.
+The result computes what the LDM UNet computed, attention heads included (`build_denoiser` runs
+`num_heads` heads in every block, as LDM does). Saved with `save_pretrained`, an autoencoder
+reloads exactly with diffusers' `AutoencoderKL.from_pretrained`; a denoiser with
+`sdmcunet.networks.latent_diffusion.load_denoiser`, and with diffusers' `UNet2DModel.from_pretrained`
+alone when its attention blocks share one head width (see latent_diffusion: the published UNet's
+blocks do not, which UNet2DModel's config cannot express).
 """
 
 import argparse
-import hashlib
 import logging
 import shutil
 from dataclasses import dataclass, field
@@ -50,20 +53,19 @@ from typing import Mapping
 
 import torch
 from diffusers import AutoencoderKL, UNet2DModel
-from diffusers.models.attention_processor import Attention
+from diffusers.models.autoencoders.vae import Encoder
 
 from sdmcunet.experiment_planning.presets import SDMC_SIZES
 from sdmcunet.networks.latent_diffusion import LATENT_CHANNELS, build_autoencoder, build_denoiser
 from sdmcunet.utils.cli import configure_logging, console_entry
 from sdmcunet.utils.errors import SDMCError
-from sdmcunet.utils.files import atomic_write_json, read_json
+from sdmcunet.utils.files import atomic_write_json, read_json, sha256
 from sdmcunet.weights.compvis_checkpoint import read_compvis_state_dict
 
 KINDS = ("vae", "unet")
 # Written into every converted folder: what it was converted from, so that a re-run can skip it.
 CONVERSION_RECORD = "sdmc_conversion.json"
 _SHOWN_KEYS = 5
-_CHUNK_BYTES = 1 << 20
 
 # LDM layer name -> diffusers layer name, inside one block ("" is the block itself).
 _WHOLE = {"": ""}
@@ -106,9 +108,25 @@ def convert_vae(state_dict: Mapping[str, torch.Tensor], source: str | Path = "ch
     return model
 
 
+def convert_vae_encoder(state_dict: Mapping[str, torch.Tensor], source: str | Path = "checkpoint") -> Encoder:
+    """The encoder half of a kl-f8 autoencoder from `encoder.*` weights alone (SDSeg's image encoder,
+    `cond_stage_model.encoder.*` without its prefix), sizes read from them; the autoencoder's mapping."""
+    try:
+        encoder = build_autoencoder(_autoencoder_sizes(state_dict, source)).encoder
+    except ValueError as error:
+        raise SDMCError(f"{source}: not a kl-f8 style encoder ({error})") from None
+    all_blocks = _autoencoder_blocks(len(encoder.down_blocks), len(encoder.down_blocks[0].resnets))
+    blocks = {name: _Block(block.target.removeprefix("encoder."), block.layers)
+              for name, block in all_blocks.items() if name.startswith("encoder.")}
+    _load_exactly(encoder, _rename(state_dict, blocks, heads=1), source, "kl-f8 encoder")
+    return encoder
+
+
 def convert_unet(state_dict: Mapping[str, torch.Tensor], latent_size: int = 32, sizes: dict | None = None,
                  source: str | Path = "checkpoint") -> UNet2DModel:
-    """Our denoiser (`build_denoiser(sizes)`, default the "sd" preset) from an LDM UNet, input widened to 8."""
+    """Our denoiser (`build_denoiser(sizes)`, default the "sd" preset) from an LDM UNet, input widened to 8.
+
+    `latent_size` is only recorded (the config's `sample_size`): LDM places attention by downsampling rate."""
     sizes = sizes or SDMC_SIZES["sd"]["denoiser"]
     model = build_denoiser(sizes, latent_size)
     attention = ["Attn" in block_type for block_type in model.config.down_block_types]
@@ -116,14 +134,13 @@ def convert_unet(state_dict: Mapping[str, torch.Tensor], latent_size: int = 32, 
     converted = _rename(_denoiser_weights(state_dict), blocks, heads=sizes["num_heads"])
     _widen_input(converted.tensors)
     _load_exactly(model, converted, source, "denoiser")
-    _warn_about_heads(model, sizes["num_heads"])
     return model
 
 
 def _autoencoder_weights(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     prefix = "first_stage_model."
     if any(name.startswith(prefix) for name in state_dict):  # a full LDM checkpoint
-        return {name.removeprefix(prefix): value for name, value in state_dict.items() if name.startswith(prefix)}
+        state_dict = {name.removeprefix(prefix): value for name, value in state_dict.items() if name.startswith(prefix)}
     return {name: value for name, value in state_dict.items() if not name.startswith("loss.")}
 
 
@@ -267,14 +284,6 @@ def _load_exactly(model: torch.nn.Module, converted: _Converted, source: str | P
     model.load_state_dict(converted.tensors)
 
 
-def _warn_about_heads(model: UNet2DModel, ldm_heads: int) -> None:
-    widths = sorted({(block.to_q.out_features, block.heads) for block in model.modules()
-                     if isinstance(block, Attention) and block.heads != ldm_heads})
-    for channels, heads in widths:
-        logger.warning("attention on %d channels runs %d heads where the LDM UNet ran %d: weights loaded exactly, "
-                       "but those blocks do not compute what they were trained for", channels, heads, ldm_heads)
-
-
 def is_conversion(folder: Path) -> bool:
     """Whether `folder` was written by `convert_checkpoint` (complete: it is renamed into place last)."""
     return (folder / CONVERSION_RECORD).is_file()
@@ -287,13 +296,13 @@ def ensure_free_output(destination: Path) -> None:
                         "move it away or choose another output folder")
 
 
-def convert_checkpoint(checkpoint: Path, destination: Path, kind: str, latent_size: int = 32, size: str = "sd") -> bool:
+def convert_checkpoint(checkpoint: Path, destination: Path, kind: str, size: str = "sd") -> bool:
     """Write the diffusers folder `destination` from a CompVis `.ckpt`; False if it already holds that conversion."""
     if not checkpoint.is_file():
         raise SDMCError(f"{checkpoint}: file not found")
-    record = {"kind": kind, "source_sha256": _sha256(checkpoint)}
+    record = {"kind": kind, "source_sha256": sha256(checkpoint)}
     if kind == "unet":
-        record |= {"latent_size": latent_size, "size": size}
+        record |= {"size": size}
     if _previous_conversion(destination) == record:
         logger.info("%s: already converted from %s, skipping", destination, checkpoint)
         return False
@@ -302,7 +311,7 @@ def convert_checkpoint(checkpoint: Path, destination: Path, kind: str, latent_si
     if kind == "vae":
         model = convert_vae(state_dict, source=checkpoint)
     else:
-        model = convert_unet(state_dict, latent_size, SDMC_SIZES[size]["denoiser"], source=checkpoint)
+        model = convert_unet(state_dict, sizes=SDMC_SIZES[size]["denoiser"], source=checkpoint)
     _save_into_place(model, destination, record | {"source": str(checkpoint)})
     logger.info("%s: %s of %d parameters converted from %s", destination, type(model).__name__,
                 sum(parameter.numel() for parameter in model.parameters()), checkpoint)
@@ -316,14 +325,6 @@ def _previous_conversion(folder: Path) -> dict:
     record = read_json(folder / CONVERSION_RECORD)
     record.pop("source", None)  # where the file was does not matter, what it held does
     return record
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        while chunk := stream.read(_CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _save_into_place(model: AutoencoderKL | UNet2DModel, destination: Path, record: dict) -> None:
@@ -356,8 +357,6 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--kind", choices=KINDS, required=True,
                         help="vae: a kl-f8 autoencoder (SD first stage, the fine-tuned mask encoder); "
                         "unet: an LDM denoiser such as lsun_churches256")
-    parser.add_argument("--latent_size", "--latent-size", type=int, default=32, metavar="N",
-                        help="latent side length the denoiser works at, image size / 8 (default: %(default)s)")
     parser.add_argument("--size", choices=list(SDMC_SIZES), default="sd",
                         help="denoiser size preset the UNet was built with (default: %(default)s, the LDM "
                         "churches layout); an autoencoder's sizes are read from its weights")
@@ -370,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     """Command line: convert `-i CKPT` into the diffusers folder `-o DIR`."""
     args = _parser().parse_args(argv)
     configure_logging(args.verbose)
-    if convert_checkpoint(args.input, args.output, args.kind, args.latent_size, args.size):
+    if convert_checkpoint(args.input, args.output, args.kind, args.size):
         print(f"{args.output}: {args.kind} converted from {args.input}")
     else:
         print(f"{args.output}: already holds the {args.kind} converted from {args.input}; nothing to do")

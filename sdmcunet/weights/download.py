@@ -14,13 +14,15 @@ import argparse
 import logging
 import shutil
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 from diffusers import AutoencoderKL, UNet2DModel
 
 from sdmcunet.dataset_conversion.download_stroke2021 import DownloadOptions, http_url, download_part
 from sdmcunet.dataset_conversion.safe_extract import is_extracted, safe_extract
+from sdmcunet.networks.latent_diffusion import load_denoiser
 from sdmcunet.paths import weights_root
 from sdmcunet.utils.cli import configure_logging, console_entry
 from sdmcunet.utils.errors import SDMCError
@@ -56,20 +58,29 @@ def pretrained_folder(name: str) -> Path:
 
 def load_pretrained_autoencoder(name: str) -> AutoencoderKL:
     """The converted autoencoder `name` ("sd-kl-f8", "finetuned_mask", ...) from `pretrained_folder(name)`."""
-    return _load_pretrained(AutoencoderKL, name, "vae")
+    return _load_pretrained(partial(AutoencoderKL.from_pretrained, local_files_only=True), name, "vae")
 
 
 def load_pretrained_denoiser(name: str) -> UNet2DModel:
-    """The converted denoiser `name` ("lsun_churches256", ...) from `pretrained_folder(name)`."""
-    return _load_pretrained(UNet2DModel, name, "unet")
+    """The converted denoiser `name` ("lsun_churches256", ...) from `pretrained_folder(name)`, LDM's heads kept."""
+    return _load_pretrained(load_denoiser, name, "unet")
 
 
-def _load_pretrained(model_class: type, name: str, kind: str) -> AutoencoderKL | UNet2DModel:
+def missing_pretrained(wanted: Mapping[str, str]) -> list[str]:
+    """For every pretrained weights name -> kind ("vae", "unet") not in $SDMC_weights: where it is missing and
+    how to get it."""
+    return [f"{pretrained_folder(name)}: no pretrained weights '{name}' there; "
+            f"{_how_to_get(name, kind, pretrained_folder(name))}"
+            for name, kind in wanted.items() if not (pretrained_folder(name) / "config.json").is_file()]
+
+
+def _load_pretrained(load: Callable[[Path], AutoencoderKL | UNet2DModel], name: str,
+                     kind: str) -> AutoencoderKL | UNet2DModel:
+    if missing := missing_pretrained({name: kind}):
+        raise SDMCError(missing[0])
     folder = pretrained_folder(name)
-    if not (folder / "config.json").is_file():
-        raise SDMCError(f"{folder}: no pretrained weights '{name}' there; {_how_to_get(name, kind, folder)}")
     try:
-        return model_class.from_pretrained(folder, local_files_only=True)
+        return load(folder)
     except (OSError, ValueError, RuntimeError) as error:  # damaged files, or a folder of another kind
         raise SDMCError(f"{folder}: cannot load the {kind} weights '{name}' ({error})") from None
 

@@ -23,7 +23,9 @@ from sdmcunet.experiment_planning.plans import configuration
 from sdmcunet.experiment_planning.splits import SPLITS_FILE, check_splits_format
 from sdmcunet.inference.validation import validate_fold
 from sdmcunet.training.augmentation import training_transforms
-from sdmcunet.training.checkpoints import load_checkpoint, save_checkpoint
+from sdmcunet.training.checkpoints import (
+    FROZEN_PARTS, load_checkpoint, network_weights, save_checkpoint, save_frozen_part,
+)
 from sdmcunet.training.data_loading import PreprocessedCases, TrainingBatches, validation_batches
 from sdmcunet.training.distributed import DistributedContext, all_reduce_sum, init_distributed
 from sdmcunet.training.model_folder import fold_folder, model_folder, write_model_description
@@ -66,6 +68,7 @@ class Trainer:
         self.epoch = self.iteration = 0
         self.best_selection = -math.inf
         self.network: nn.Module | None = None
+        self._frozen_part_hashes: dict[str, str] = {}
 
     # --- what subclasses change -------------------------------------------------------------
     def build_network(self) -> nn.Module:
@@ -109,6 +112,11 @@ class Trainer:
         """Further tensors a subclass keeps in checkpoints (e.g. an EMA copy)."""
         return {}
 
+    def frozen_parts(self) -> dict[str, nn.Module]:
+        """Sub-modules of the network that never train (diffusers models, by attribute name): saved once per
+        fold instead of in every checkpoint."""
+        return {}
+
     def load_extra_state(self, state: dict) -> None:
         pass
 
@@ -128,7 +136,13 @@ class Trainer:
                 self.network, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.optimizer = self.build_optimizer()
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.learning_rate_factor)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda")
+        # bfloat16 has float32's exponent range: its gradients need no loss scaling
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda" and self.amp_dtype == torch.float16)
+
+    @property
+    def amp_dtype(self) -> torch.dtype:
+        """The autocast precision on CUDA: the plans' `schedule.amp_dtype`, float16 by default."""
+        return getattr(torch, self.schedule.get("amp_dtype", "float16"))
 
     @property
     def module(self) -> nn.Module:
@@ -171,34 +185,55 @@ class Trainer:
         return self.output_folder / f"checkpoint_{kind}.pth"
 
     def save(self, kind: str) -> None:
+        """`latest` holds everything a resumed training needs; `best` and `final` what inference and further
+        fine-tuning need (weights, the subclass's extra state such as an EMA, progress): no optimiser state.
+        Frozen parts are in none of them (see `frozen_parts`)."""
         if not self.distributed.is_main:
             return
-        save_checkpoint(self.checkpoint_path(kind), {
+        if self.frozen_parts().keys() != self._frozen_part_hashes.keys():
+            self.save_frozen_parts()
+        frozen = tuple(f"{name}." for name in self.frozen_parts())
+        content = {
             "trainer": type(self).__name__, "plans_name": self.plans["plans_name"],
             "dataset_name": self.plans["dataset_name"], "labels": self.plans["labels"],
             "configuration": self.configuration_name, "fold": str(self.fold),
             "epoch": self.epoch, "iteration": self.iteration, "best_selection": self.best_selection,
-            "network": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-            "torch_rng": torch.get_rng_state(), "history": self.history.to_state(), "extra": self.extra_state(),
+            "network": {key: value for key, value in self.module.state_dict().items() if not key.startswith(frozen)},
+            FROZEN_PARTS: self._frozen_part_hashes, "history": self.history.to_state(), "extra": self.extra_state(),
             "started_from_pretrained": self.started_from_pretrained(),
-        })
+        }
+        if kind == "latest":
+            content |= {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                        "scaler": self.scaler.state_dict(), "torch_rng": torch.get_rng_state()}
+        save_checkpoint(self.checkpoint_path(kind), content)
+
+    def save_frozen_parts(self) -> None:
+        """Each frozen part once per fold, as a diffusers folder beside the checkpoints."""
+        if self.distributed.is_main:
+            self._frozen_part_hashes = {name: save_frozen_part(self.output_folder / name, part)
+                                        for name, part in self.frozen_parts().items()}
 
     def load(self, path: Path, weights_only: bool = False) -> None:
-        self.load_state(load_checkpoint(path, type(self).__name__), weights_only)
+        self.load_state(load_checkpoint(path, type(self).__name__), path.parent, weights_only)
 
-    def load_state(self, state: dict, weights_only: bool = False) -> None:
-        """Weights (and, unless `weights_only`, the optimiser, schedule and progress) from a checkpoint."""
-        self.module.load_state_dict(state["network"])
+    def load_state(self, state: dict, folder: Path, weights_only: bool = False) -> None:
+        """Weights (frozen parts from `folder`, where the checkpoint lies) and, unless `weights_only`, the
+        progress and the optimiser and schedule states where the checkpoint has them (`latest` only)."""
+        self.module.load_state_dict(network_weights(state, folder))
         self.load_extra_state(state.get("extra", {}))
         if weights_only:
             return
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["torch_rng"])
         self.epoch, self.iteration, self.best_selection = state["epoch"], state["iteration"], state["best_selection"]
         self.history = TrainingHistory.from_state(state["history"])
+        if "optimizer" not in state:  # best or final: fine-tuning further starts the optimiser afresh
+            log.info("the checkpoint holds no optimiser state: the optimiser starts afresh at iteration %d",
+                     self.iteration)
+            return
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if state["scaler"] and self.scaler.is_enabled():  # empty when saved without float16 loss scaling (CPU, bf16)
+            self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["torch_rng"])
 
     def started_from_pretrained(self) -> bool:
         return False
@@ -222,6 +257,7 @@ class Trainer:
             remove_unfinished_writes(self.output_folder, "checkpoint_*.pth")
         if resume:
             self._resume()
+        self.save_frozen_parts()
         log.info("%s, fold %s: started from pretrained weights: %s", type(self).__name__, self.fold,
                  "yes" if self.started_from_pretrained() else "no (random initialisation)")
         batches = self._training_batches(train_data)
@@ -285,7 +321,7 @@ class Trainer:
         batch = {key: value.to(self.device, non_blocking=True) if torch.is_tensor(value) else value
                  for key, value in batch.items()}
         self.optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.device.type == "cuda"):
             loss = self.compute_loss(batch)
         if not torch.isfinite(loss):
             last = self.checkpoint_path("latest")
@@ -318,7 +354,7 @@ class Trainer:
         for batch in validation_batches(cases, batch_size, n_batches, start):
             images = torch.from_numpy(batch["data"]).to(self.device)
             labels = torch.from_numpy(batch["seg"]).to(self.device)
-            with torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.device.type == "cuda"):
                 loss, predicted = self.validate_batch({"data": images, "seg": labels})
             total_loss += loss.item()
             reference = labels[:, 0].long()

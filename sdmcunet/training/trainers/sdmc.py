@@ -38,6 +38,7 @@ class SDMCTrainer(Trainer):
         return model
 
     def load_initial_weights(self, network: nn.Module) -> None:
+        mask_autoencoder_source.raise_if_weights_missing(self, self.fine_tuned_mask_autoencoder)
         mask_autoencoder_source.load_pretrained_parts(network, self.settings["networks"])
         if self.fine_tuned_mask_autoencoder:
             source = mask_autoencoder_source.load_fine_tuned(network.mask_autoencoder, self)
@@ -85,6 +86,9 @@ class SDMCTrainer(Trainer):
 
     def extra_state(self) -> dict:
         return {"ema": self.ema.state_dict()}
+
+    def frozen_parts(self) -> dict[str, nn.Module]:
+        return {"mask_autoencoder": self.module.mask_autoencoder}
 
     def load_extra_state(self, state: dict) -> None:
         if "ema" in state:
