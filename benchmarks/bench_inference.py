@@ -52,7 +52,7 @@ def bare_forward_seconds(model_folder: Path, images: Path) -> float:
     model = load_model(model_folder, ["0"], "checkpoint_final.pth", torch.device("cpu"))
     channels = model.dataset.channel_names
     needed = {spec["source_channel"] for spec in model.configuration["input_channels"]}
-    cases = find_input_cases(images, channels, needed).cases.values()
+    cases = find_input_cases(images, model.dataset, needed).cases.values()
     inputs = np.stack([preprocess_image(read_case_channels(case, len(channels))[0], model.configuration, channels,
                                         case.name)[0] for case in cases])
     trainer = model.folds[0]
@@ -77,7 +77,7 @@ def per_slice_work_seconds(model_folder: Path, images: Path, output: Path) -> di
         model = load_model(model_folder, ["0"], "checkpoint_final.pth", torch.device("cpu"))
         channels = model.dataset.channel_names
         needed = {spec["source_channel"] for spec in model.configuration["input_channels"]}
-        cases = list(find_input_cases(images, channels, needed).cases.values())[:WORK_SAMPLE]
+        cases = list(find_input_cases(images, model.dataset, needed).cases.values())[:WORK_SAMPLE]
         start = time.process_time()
         prepared = [prepare_case(case, model.configuration, channels, with_display=False) for case in cases]
         read_and_preprocess = (time.process_time() - start) / len(cases)

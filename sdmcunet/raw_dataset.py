@@ -17,6 +17,7 @@ from sdmcunet.utils.files import read_json
 
 REQUIRED_KEYS = ("channel_names", "labels", "numTraining", "file_ending")
 _FOLDER_PATTERN = re.compile(r"^Dataset(\d+)_(.+)$")
+FILE_ENDING_PATTERN = re.compile(r"\.[A-Za-z0-9]+(\.[A-Za-z0-9]+)*")
 
 
 def dataset_folder_name(dataset_id: int, name: str) -> str:
@@ -49,6 +50,26 @@ def find_dataset(root: Path, dataset_id: int) -> Path:
     if len(matches) > 1:
         raise SDMCError(f"dataset id {dataset_id} is ambiguous in {root}: {', '.join(m.name for m in matches)}")
     return matches[0]
+
+
+NAME_MAX_BYTES = 255  # the longest file name the usual file systems take
+
+
+def case_name_problem(case: object, file_ending: str = ".nii.gz") -> str | None:
+    """Why `case` cannot name a case's files, or None when it can.
+
+    Case names come from users' files (slice stems, holdout.json, splits, dataset folders) and become
+    file names: they must not reach outside their folder ('/', '..'), hide (a leading '.'), hold
+    control characters, or make a file name longer than the file system takes."""
+    if not isinstance(case, str) or not case:
+        return f"a case name must be a non-empty string, got {case!r}"
+    if "/" in case or "\\" in case or any(ord(character) < 32 for character in case):
+        return f"case name {case!r} holds a path separator or a control character"
+    if case.startswith("."):
+        return f"case name {case!r} starts with '.' (a hidden file, or a way out of its folder)"
+    if len(image_file_name(case, 0, file_ending).encode()) > NAME_MAX_BYTES:
+        return f"case name {case[:40]!r}... makes file names longer than {NAME_MAX_BYTES} bytes"
+    return None
 
 
 def image_file_name(case: str, channel: int, file_ending: str) -> str:
@@ -98,8 +119,8 @@ def load_dataset_json(folder: Path) -> DatasetJson:
     if sorted(labels.values()) != list(range(len(labels))):
         raise SDMCError(f"{path}: label values must be consecutive integers from 0, got {sorted(labels.values())}")
     file_ending = str(content["file_ending"])
-    if not file_ending.startswith("."):
-        raise SDMCError(f"{path}: file_ending must start with '.', got {file_ending!r}")
+    if not FILE_ENDING_PATTERN.fullmatch(file_ending):  # it becomes part of every file name
+        raise SDMCError(f"{path}: file_ending must be a file suffix such as '.nii.gz' or '.png', got {file_ending!r}")
     return DatasetJson(channel_names, labels, n_training, file_ending)
 
 

@@ -45,6 +45,7 @@ from sdmcunet.postprocessing import remove_small_components
 from sdmcunet.raw_dataset import make_dataset_json
 from sdmcunet.reporting import report
 from sdmcunet.training import run_training
+from sdmcunet.training.checkpoints import load_checkpoint, save_checkpoint
 from sdmcunet.utils.files import atomic_write_json
 from sdmcunet.weights import convert as convert_weights
 from sdmcunet.weights import download as download_weights
@@ -213,6 +214,14 @@ def nan_rescale_slope(folder: Path, stem: str) -> Path:
     return path
 
 
+def zero_rescale_slope(folder: Path, stem: str) -> Path:
+    path = folder / "DICOM" / f"{stem}.dcm"
+    dataset = pydicom.dcmread(path)
+    dataset.RescaleSlope = 0
+    dataset.save_as(path)
+    return path
+
+
 def stem_in_two_classes(folder: Path, stem: str) -> Path:
     other = folder.parent / "Non-Stroke"
     for kind, suffix in (("PNG", "png"), ("DICOM", "dcm")):
@@ -225,6 +234,7 @@ CONVERSION_SKIPS = {  # damage: (how, what the report says)
     "DICOM of another modality (MR)": (mr_dicom, "modality is MR, expected CT"),
     "16-bit PNG": (sixteen_bit_png, "a 16-bit PNG; the release's PNG and OVERLAY files are 8-bit"),
     "NaN RescaleSlope": (nan_rescale_slope, "give NaN or infinite Hounsfield units"),
+    "RescaleSlope 0": (zero_rescale_slope, "RescaleSlope is 0, which would make every pixel"),
     "stem in two classes": (stem_in_two_classes, "stem appears in two classes"),
 }
 
@@ -246,6 +256,40 @@ def test_convert_skips_a_broken_slice_and_reports_it(release_copy, tmp_path, cap
     assert len(list((dataset / "labelsTr").iterdir())) == n_slices - (2 if damage == "stem in two classes" else 1)
     assert snapshot(release_copy) == before
     assert_no_leftovers(tmp_path)
+
+
+def renamed_slice(folder: Path, stem: str, new_stem: str) -> None:
+    """Every file of the slice `stem` (PNG, DICOM, OVERLAY) under the stem `new_stem`."""
+    for path in folder.glob(f"*/{stem}.*"):
+        path.rename(path.with_name(f"{new_stem}{path.suffix}"))
+
+
+def test_convert_a_slice_with_a_legal_long_name_and_skip_a_stem_that_is_no_case_name(release_copy, tmp_path,
+                                                                                     capsys):
+    folder, stem = first_slice(release_copy)
+    second = sorted(folder.glob("PNG/*.png"))[1].stem
+    long_stem = "s" * 240  # 240 + "_0000.nii.gz" is 252 bytes: legal, but a temporary name 20 longer is not
+    renamed_slice(folder, stem, long_stem)
+    renamed_slice(folder, second, "..")
+    assert run(convert_stroke2021.main, "-i", release_copy, "-o", tmp_path / "raw", "-np", 1) == 0
+    dataset = tmp_path / "raw" / DATASET
+    assert (dataset / "labelsTr" / f"{long_stem}.nii.gz").is_file()
+    assert (dataset / "imagesTr" / f"{long_stem}_0001.nii.gz").is_file()
+    skipped = json.loads((dataset / "conversion_report.json").read_text())["skipped"]
+    assert [(entry["case"], "starts with '.'" in entry["reason"]) for entry in skipped] == [("..", True)]
+    assert not [path for path in dataset.rglob("*") if path.name.startswith(".")]  # nothing of it was written
+
+
+def test_convert_notes_an_unusual_rescale_slope(release_copy, tmp_path, capsys):
+    folder, stem = first_slice(release_copy)
+    path = folder / "DICOM" / f"{stem}.dcm"
+    dataset = pydicom.dcmread(path)
+    dataset.RescaleSlope = -1
+    dataset.save_as(path)
+    assert run(convert_stroke2021.main, "-i", release_copy, "-o", tmp_path / "raw", "-np", 1) == 0
+    report_file = json.loads((tmp_path / "raw" / DATASET / "conversion_report.json").read_text())
+    notes = {entry["case"]: " ".join(entry["notes"]) for entry in report_file["repaired"]}
+    assert "RescaleSlope -1 is unusual for CT" in notes[stem]
 
 
 def test_convert_missing_input_folder(tmp_path, capsys):
@@ -373,6 +417,15 @@ def test_plan_holdout_fraction_out_of_range(own_raw, capsys):
     assert snapshot(own_raw) == before
 
 
+def test_plan_holdout_record_naming_a_path(own_raw, tmp_path, capsys):
+    record = own_raw / "holdout.json"
+    record.write_text(json.dumps({"fraction": 0.2, "seed": 1, "cases": ["../../x/evil_dir/x"]}))
+    before = snapshot(own_raw.parent)
+    refused(capsys, run(plan_and_preprocess.main, "-d", 2021, "-np", 1, "--cpu", "--holdout_fraction", 0.2),
+            str(record), "invalid case name", "path separator")
+    assert snapshot(own_raw.parent) == before and not list(tmp_path.rglob("evil_dir"))
+
+
 def test_plan_unwritable_preprocessed_folder(trained, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("SDMC_raw", str(trained / "raw"))
     monkeypatch.setenv("SDMC_preprocessed", str(blocked(tmp_path)))
@@ -401,6 +454,8 @@ PLANS_EDITS = {  # a field of the wrong JSON type: (edit of the plans, what the 
     "schedule a list": (lambda plans: edit_family(plans, schedule=[]), "families.baseline: schedule must be an object"),
     "std a string": (lambda plans: edit_configuration(plans, input_channels=[
         {"source_channel": 1, "normalization": "z_score", "mean": 0, "std": "1"}]), "z_score needs a numeric mean"),
+    "data_identifier a path": (lambda plans: edit_configuration(plans, data_identifier="../../elsewhere"),
+                               "data_identifier must be a plain name"),
     "image size the networks cannot run": (lambda plans: edit_configuration(plans, image_size=[200, 200]),
                                            "image_size must be two positive multiples of 32"),
     "attention at latent sizes (not LDM's rates)": (
@@ -638,6 +693,18 @@ def test_predict_sixteen_bit_png_like_its_eight_bit_picture(trained, tmp_path, c
     np.testing.assert_array_equal(read_png(tmp_path / "out" / "sixteen.png"), read_png(tmp_path / "out" / "eight.png"))
 
 
+def test_predict_a_slice_with_a_legal_long_name(trained, tmp_path, capsys):
+    """251 bytes with ".png": legal, but the temporary file of its label map used to be 20 bytes too long."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    png = sorted((trained / "release" / "Training" / "Hemorrhagic" / "PNG").iterdir())[0]
+    name = "p" * 247 + ".png"
+    shutil.copy(png, inputs / name)
+    model = trained / "results" / DATASET / UNET_PNG
+    assert run(predict.main, "-i", inputs, "-o", tmp_path / "out", "-m", model, "-np", 0, "--save_probabilities") == 0
+    assert (tmp_path / "out" / name).is_file()
+
+
 def test_predict_fold_that_does_not_exist(trained, dicom_inputs, tmp_path, capsys):
     model = trained / "results" / DATASET / UNET_CT
     refused(capsys, run(predict.main, "-i", dicom_inputs, "-o", tmp_path / "out", "-m", model, "-f", 7),
@@ -658,6 +725,25 @@ def test_predict_corrupt_checkpoint(trained, dicom_inputs, tmp_path, capsys):
 def test_predict_cuda_without_a_gpu(trained, dicom_inputs, tmp_path, capsys):
     refused(capsys, predict_ct(trained, dicom_inputs, tmp_path / "out", "-device", "cuda"), "no CUDA GPU is available")
     assert not (tmp_path / "out").exists()
+
+
+def test_predict_model_whose_checkpoint_names_an_import_path(trained, dicom_inputs, tmp_path, monkeypatch, capsys):
+    """A trainer name read from a file is looked up, never imported: importing runs the module's code."""
+    (tmp_path / "planted.py").write_text(f"open({str(tmp_path / 'marker')!r}, 'w').close()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    model = model_copy(trained, tmp_path, UNET_CT)
+    checkpoint = model / "fold_0" / "checkpoint_final.pth"
+    state = load_checkpoint(checkpoint)
+    save_checkpoint(checkpoint, {key: value for key, value in state.items() if key != "format"}
+                    | {"trainer": "planted:UNetTrainer"})
+    refused(capsys, run(predict.main, "-i", dicom_inputs, "-o", tmp_path / "out", "-m", model),
+            str(checkpoint), "'planted:UNetTrainer', which is not a registered trainer")
+    assert not (tmp_path / "marker").exists() and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name", ["os:system", "collections:OrderedDict"])
+def test_train_trainer_that_is_not_a_trainer(environment, capsys, name):
+    refused(capsys, run(run_training.main, 2021, "2d", 0, "-tr", name), f"{name!r} is not a trainer")
 
 
 def test_predict_folder_that_is_no_model(trained, dicom_inputs, tmp_path, capsys):
@@ -763,7 +849,8 @@ def test_ensemble_corrupt_probabilities(two_predictions, tmp_path, capsys):
     spoiled.write_bytes(spoiled.read_bytes()[:50])
     refused(capsys, ensemble_into(two_predictions, tmp_path / "out"), str(spoiled), "cannot be read as .npz")
     written = sorted(path.name for path in (tmp_path / "out").iterdir())
-    assert written == sorted(path.name for path in two_predictions[1].glob("*.nii.gz"))[:-1]
+    assert written == sorted([*sorted(path.name for path in two_predictions[1].glob("*.nii.gz"))[:-1],
+                              "ensemble_info.json"])
     assert_no_leftovers(tmp_path)
 
 

@@ -53,7 +53,8 @@ def test_ensemble_averages_the_probabilities_exactly(tmp_path, ending):
         if ending == NIFTI:  # the spacing of the first folder's label map
             assert read_nifti(output / f"{case}{ending}")[1] == pytest.approx((0.5, 0.8))
     written = {path.name for path in output.iterdir()}
-    assert written == {f"c{index}{suffix}" for index in range(3) for suffix in (ending, ".npz")}
+    case_files = {f"c{index}{suffix}" for index in range(3) for suffix in (ending, ".npz")}
+    assert written == case_files | {"ensemble_info.json"}
 
 
 def test_ensemble_refuses_folders_with_different_cases_or_no_label_map(tmp_path, capsys):

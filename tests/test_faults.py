@@ -12,10 +12,20 @@ importing torch.
 """
 
 import errno
+import fcntl
 import itertools
+import json
+import os
 import re
 import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -26,13 +36,17 @@ import torch
 from conftest import make_preprocessed_dataset
 from fault_injection import CommandServer, Run
 
+from sdmcunet.dataset_conversion import convert_stroke2021
 from sdmcunet.experiment_planning import plan_and_preprocess
 from sdmcunet.experiment_planning.plans import plans_path, save_plans
 from sdmcunet.imageio import read_png, write_label_map
 from sdmcunet.imageio.label_map_folders import label_map_files, read_label_map
 from sdmcunet.inference import predict
 from sdmcunet.training import run_training
-from sdmcunet.training.checkpoints import load_checkpoint
+from sdmcunet.training.checkpoints import load_checkpoint, save_checkpoint
+from sdmcunet.training.fold_lock import LOCK_FILE, fold_lock
+from sdmcunet.training.trainers.base import Trainer
+from sdmcunet.utils.errors import SDMCError
 from sdmcunet.utils.files import read_json
 
 NAME = "Dataset2021_Stroke2021"
@@ -361,6 +375,41 @@ def test_a_full_disk_while_writing_predictions_stops_and_keeps_the_previous_outp
             np.array_equal(read_output(output / name), read_output(reference / name)), name
 
 
+def test_a_write_to_a_read_only_file_system_says_so_rather_than_the_free_space(monkeypatch, tmp_path):
+    """torch and ITK hide why a write failed; a read-only disk reports no free space, which misleads."""
+    class ReadOnly:
+        f_flag, f_bavail, f_frsize = os.ST_RDONLY, 0, 4096
+
+    def refuse(*_):
+        raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")
+
+    monkeypatch.setattr(os, "statvfs", lambda path: ReadOnly())
+    monkeypatch.setattr(torch, "save", refuse)
+    target = tmp_path / "checkpoint_final.pth"
+    with pytest.raises(SDMCError) as failed:
+        save_checkpoint(target, {})
+    assert str(failed.value) == (f"{target}: could not be written (PytorchStreamWriter failed writing file data/0: "
+                                 "file write failed; its file system is read-only); the previous file, if any, is intact")
+
+
+def test_a_full_disk_while_converting_stops_with_a_clear_error_and_a_rerun_converts_every_slice(
+        data, monkeypatch, capsys, tmp_path):
+    """A write that fails is the end of the run, never a slice reported as skipped (which a re-run
+    would then take as done)."""
+    arguments = ["-i", str(data / "release"), "-d", "4001", "-o", str(tmp_path), "-np", "1"]
+    with monkeypatch.context() as full_disk:
+        fill_the_disk_from_call(full_disk, sitk, "WriteImage", 7)
+        assert convert_stroke2021.main(arguments) == 2
+    error = error_line(capsys.readouterr().err)
+    match = re.fullmatch(rf"error: {tmp_path}/\.Dataset4001_Stroke2021\.partial/\S+/(\S+\.nii\.gz): {WRITE_FAILED}",
+                         error)
+    assert match and match["reason"] == "No space left on device", error
+    assert convert_stroke2021.main(arguments) == 0  # space freed: the run resumes and converts the rest
+    report = read_json(tmp_path / "Dataset4001_Stroke2021" / "conversion_report.json")
+    complete = read_json(data / "raw" / NAME / "conversion_report.json")
+    assert (report["n_converted"], report["n_skipped"]) == (complete["n_converted"], complete["n_skipped"]) != (0, 0)
+
+
 def test_a_full_disk_while_preprocessing_stops_with_a_clear_error_and_a_rerun_completes(data, one_thread,
                                                                                        monkeypatch, capsys, tmp_path):
     for variable, folder in folders(data, SDMC_preprocessed=tmp_path).items():
@@ -394,11 +443,99 @@ def test_a_write_that_fails_inside_torch_is_a_clear_error_and_keeps_the_checkpoi
 
 
 def test_a_write_that_simpleitk_does_not_report_is_a_clear_error_not_a_truncated_label_map(data, server,
-                                                                                          reference_training, tmp_path):
+                                                                                          reference_prediction, tmp_path):
     """SimpleITK reports nothing and leaves a truncated NIfTI file, which even reads back."""
+    # the same model and options as the reference run: its record is kept (a new one would not fit the limit)
+    shutil.copy(reference_prediction[0] / predict.RUN_RECORD, tmp_path / predict.RUN_RECORD)
     run = server.run(PREDICT, predict_arguments(data, tmp_path), folders(data, SDMC_results=data / "reference_results"),
                      file_size_limit=200)  # a label map takes about 500 bytes
     assert run.returncode == 2, run.output[-3000:]
     match = re.fullmatch(rf"error: {tmp_path}/\S+\.nii\.gz: {WRITE_FAILED}", error_line(run.output))
     assert match and match["reason"] == "the file is incomplete although SimpleITK reported no error"
-    assert not visible_files(tmp_path) and not hidden_files(tmp_path)
+    assert visible_files(tmp_path) == {predict.RUN_RECORD} and not hidden_files(tmp_path)
+
+
+# --- one training per fold folder -----------------------------------------------------------------
+def test_a_second_training_of_a_fold_is_refused_while_the_first_runs_and_the_first_completes(
+        data, server, reference_training, one_thread, monkeypatch, tmp_path):
+    """The first runs here, held at its first training step until the second, a process of its own, has ended."""
+    for variable, folder in folders(data, SDMC_results=tmp_path).items():
+        monkeypatch.setenv(variable, str(folder))
+    fold = tmp_path / NAME / MODEL / "fold_0"
+    at_first_step, second_ended = threading.Event(), threading.Event()
+    train_step = Trainer.train_step
+
+    def held_at_first_step(self, batch):
+        at_first_step.set()
+        second_ended.wait(timeout=300)
+        return train_step(self, batch)
+
+    monkeypatch.setattr(Trainer, "train_step", held_at_first_step)
+    with ThreadPoolExecutor(1) as executor:
+        first = executor.submit(run_training.main, TRAINING)
+        try:
+            assert at_first_step.wait(timeout=300), first.exception(timeout=0) if first.done() else "not started"
+            second = server.run(TRAIN, TRAINING, folders(data, SDMC_results=tmp_path))
+        finally:
+            second_ended.set()
+        assert first.result(timeout=300) == 0
+    assert second.returncode == 2, second.output[-3000:]
+    assert re.fullmatch(rf"error: {fold}: another training of this fold is running \(pid {os.getpid()} on "
+                        rf"{re.escape(socket.gethostname())}, started \S+: .+\); wait for it to end, or stop it, "
+                        rf"before training this fold again", error_line(second.output)), error_line(second.output)
+    check_training_result(fold, reference_training[0])
+    assert not (fold / LOCK_FILE).exists()
+
+
+def test_a_lock_left_by_a_killed_training_does_not_block_the_next(data, server, reference_training, tmp_path):
+    results = folders(data, SDMC_results=tmp_path)
+    fold = tmp_path / NAME / MODEL / "fold_0"
+    assert server.run(TRAIN, TRAINING, results, kill={"at_call": TRAIN_STEP, "n": ITERATIONS + 1}).killed
+    left = json.loads((fold / LOCK_FILE).read_text())
+    run = server.run(TRAIN, [*TRAINING, "--c"], results)
+    assert run.returncode == 0, run.output[-3000:]
+    assert (f"{fold / LOCK_FILE}: left by pid {left['pid']} on {left['host']}, started {left['started']}: "
+            f"{left['command']}, which ended without removing it (killed or crashed); the kernel released its lock "
+            f"when it ended, so this training takes the fold folder over") in run.output
+    check_training_result(fold, reference_training[0])
+    assert not (fold / LOCK_FILE).exists()
+
+
+def test_the_worker_processes_of_a_killed_training_do_not_keep_its_fold_locked(tmp_path):
+    """Data loader workers are forked with the lock file open: they must not hold the lock once their
+    parent is killed (as by the OOM killer, which kills one process, not its group)."""
+    training = textwrap.dedent(f"""
+        import os, signal, time
+        from pathlib import Path
+        from sdmcunet.training.fold_lock import fold_lock
+        with fold_lock(Path({str(tmp_path)!r})):
+            worker = os.fork()
+            if worker == 0:  # a worker, its output away from the pipes the test waits to close
+                for output in (1, 2):
+                    os.dup2(os.open(os.devnull, os.O_WRONLY), output)
+                time.sleep(60)
+                os._exit(0)
+            print(worker, flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    killed = subprocess.run([sys.executable, "-c", training], capture_output=True, text=True, timeout=120)
+    worker = int(killed.stdout)
+    try:
+        assert killed.returncode == -signal.SIGKILL, killed.stderr
+        os.kill(worker, 0)  # the worker lives on
+        with fold_lock(tmp_path):
+            assert json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == os.getpid()
+    finally:
+        os.kill(worker, signal.SIGKILL)
+
+
+def test_training_on_a_file_system_without_file_locks_goes_on_and_says_so(monkeypatch, tmp_path, caplog):
+    def no_locks(descriptor: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with fold_lock(tmp_path):
+        assert (tmp_path / LOCK_FILE).is_file()
+    assert (f"{tmp_path / LOCK_FILE}: this file system does not lock files (No locks available): a second training "
+            f"of this fold at the same time would not be noticed") in caplog.text
+    assert not (tmp_path / LOCK_FILE).exists()

@@ -87,7 +87,7 @@ def test_png_modes_and_depths(tmp_path, mode, dtype, channels):
 
 def test_nifti_roundtrip_keeps_values_dtype_and_spacing(tmp_path):
     hounsfield = np.arange(-1000, 1000, 40, dtype=np.int16).reshape(5, 10)
-    write_image(hounsfield, tmp_path / "ct.nii.gz", spacing=(0.5, 0.25))
+    write_image(hounsfield, tmp_path / "ct.nii.gz", (0.5, 0.25))
     loaded, spacing = read_nifti(tmp_path / "ct.nii.gz")
     assert loaded.dtype == np.int16 and spacing == (0.5, 0.25)
     np.testing.assert_array_equal(loaded, hounsfield)

@@ -195,7 +195,7 @@ def test_sdmc_report_lists_the_imported_model(tmp_path, monkeypatch, capsys):
     assert run_import(reference_checkpoint(tmp_path / "last.ckpt"), output,
                       "--config", str(reference_config(tmp_path / "c.yaml"))) == 0
     assert report.main(["-d", "2021", "-p", PLANS_NAME, "-o", str(tmp_path / "report")]) == 0
-    assert "SDMCFinetunedTrainer: finished folds all" in (tmp_path / "report" / "report.md").read_text()
+    assert "SDMCFinetunedTrainer: 1 fold (all) finished, no fold with a validation summary" in (tmp_path / "report" / "report.md").read_text()
 
 
 def test_the_same_import_again_has_nothing_to_do(tmp_path, capsys):

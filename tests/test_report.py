@@ -218,7 +218,7 @@ def test_report_files_and_sections(made_report, capsys):
         assert f"]({figure}.png)" in markdown
         assert Image.open(made_report / f"{figure}.png").size[0] > 100
     assert "ResUNet34Trainer: not trained" in markdown and "SwinUNETRTrainer: not trained" in markdown
-    assert "UNetTrainer: finished folds 0, 1" in markdown and "sdmcPlans" in markdown
+    assert "UNetTrainer: 2 folds (0, 1) finished" in markdown and "sdmcPlans" in markdown
     assert "(published, not measured)" in markdown
     assert "reconstruction comparison is left out" not in markdown
     html = (made_report / "report.html").read_text()

@@ -1,4 +1,5 @@
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -180,6 +181,7 @@ def test_sdmc_trainers_run_by_name_and_write_checkpoints_and_summary(environment
 
 def test_checkpoints_hold_what_each_use_needs_and_the_frozen_autoencoder_once(environment):
     trainer = make_trainer("SDMCFinetunedTrainer", environment, epochs=2, iterations=1)
+    shutil.rmtree(trainer.output_folder, ignore_errors=True)  # trained by an earlier test: training refuses to redo it
     trainer.run_training()
     trainer.save("latest")  # (training removes it when it ends)
     best, final, latest = (load_checkpoint(trainer.checkpoint_path(kind)) for kind in ("best", "final", "latest"))

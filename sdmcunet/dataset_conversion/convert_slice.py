@@ -9,8 +9,8 @@ from sdmcunet.dataset_conversion.overlay import label_map_from_overlay
 from sdmcunet.dataset_conversion.teknofest_layout import SourceSlice
 from sdmcunet.imageio import grey_channel, read_dicom_slice, read_png, write_image, write_label_map
 from sdmcunet.labels import NON_STROKE
-from sdmcunet.raw_dataset import image_file_name, label_file_name
-from sdmcunet.utils.errors import SDMCError
+from sdmcunet.raw_dataset import case_name_problem, image_file_name, label_file_name
+from sdmcunet.utils.errors import OutputWriteError, SDMCError
 
 FILE_ENDING = ".nii.gz"
 CT_CHANNELS = {0: "CT", 1: "PNG"}  # HU from the DICOM, and the organisers' PNG (the published input)
@@ -35,6 +35,8 @@ class CaseRecord:
 
 def convert_slice(source: SourceSlice, with_dicom: bool, dataset_dir: Path) -> CaseRecord:
     """Write the case files of `source` into `dataset_dir` and describe what was written."""
+    if problem := case_name_problem(source.stem, FILE_ENDING):  # before any of its files is written
+        raise SliceSkipped(problem)
     required = ["png", "dicom"] if with_dicom else ["png"]
     if source.folder_class != NON_STROKE:
         required.append("overlay")
@@ -43,6 +45,8 @@ def convert_slice(source: SourceSlice, with_dicom: bool, dataset_dir: Path) -> C
         raise SliceSkipped(f"{' and '.join(missing)} missing for this slice")
     try:
         return _convert(source, with_dicom, dataset_dir)
+    except OutputWriteError:  # a full disk is the end of the run (a re-run resumes), never a skipped slice
+        raise
     except SDMCError as error:  # unreadable input: a report entry, not the end of the run
         raise SliceSkipped(str(error)) from None
 

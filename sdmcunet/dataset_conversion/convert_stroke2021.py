@@ -24,7 +24,7 @@ from sdmcunet.dataset_conversion.convert_slice import (
 from sdmcunet.dataset_conversion.teknofest_layout import SourceInventory, SourceSlice, scan_release
 from sdmcunet.labels import CLASS_ABBREVIATIONS, HEMORRHAGIC, ISCHEMIC, LABELS
 from sdmcunet.raw_dataset import dataset_folder_name, folders_with_id, make_dataset_json
-from sdmcunet.utils.cli import configure_logging, console_entry
+from sdmcunet.utils.cli import add_num_processes_argument, configure_logging, console_entry, non_negative_int
 from sdmcunet.utils.errors import SDMCError
 from sdmcunet.utils.files import atomic_write_json, make_folder, read_json
 from sdmcunet.utils.parallel import parallel_map
@@ -164,11 +164,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "names) into an nnU-Net v2 raw dataset with a conversion report.",
     )
     parser.add_argument("-i", dest="source", type=Path, required=True, help="root of the extracted release")
-    parser.add_argument("-d", dest="dataset_id", type=int, default=2021, help="dataset id (default 2021)")
+    parser.add_argument("-d", dest="dataset_id", type=non_negative_int, default=2021, help="dataset id (default 2021)")
     parser.add_argument("-o", dest="raw", type=Path, default=None, help="raw data folder (default $SDMC_raw or ./raw_data)")
     parser.add_argument("--name", default="Stroke2021", help="dataset name (default Stroke2021)")
-    parser.add_argument("-np", dest="num_processes", type=int, default=min(os.cpu_count() or 1, 8),
-                        help="worker processes (default: number of CPUs, at most 8)")
+    add_num_processes_argument(parser)
     return parser.parse_args(argv)
 
 

@@ -25,7 +25,7 @@ from typing import Iterator, Mapping, Sequence
 from tqdm import tqdm
 
 from sdmcunet.dataset_conversion.safe_extract import ensure_free_destination, is_extracted, safe_extract
-from sdmcunet.utils.cli import configure_logging, console_entry
+from sdmcunet.utils.cli import configure_logging, console_entry, non_negative_int, positive_float
 from sdmcunet.utils.errors import SDMCError
 from sdmcunet.utils.files import atomic_output, make_folder, sha256
 
@@ -292,14 +292,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--groups", nargs="+", choices=list(GROUPS), default=list(GROUPS), metavar="GROUP",
                         help=f"groups to fetch, of {', '.join(GROUPS)} (default: all)")
     parser.add_argument("--base-url", type=http_url, default=BASE_URL, metavar="URL", help=f"portal address (default: {BASE_URL})")
-    parser.add_argument("--retries", type=int, default=DownloadOptions.retries, metavar="N",
+    parser.add_argument("--retries", type=non_negative_int, default=DownloadOptions.retries, metavar="N",
                         help="retries of a part after attempts in a row that brought no data (default: %(default)s)")
-    parser.add_argument("--timeout", type=float, default=DownloadOptions.timeout_seconds, metavar="SECONDS",
+    parser.add_argument("--timeout", type=positive_float, default=DownloadOptions.timeout_seconds, metavar="SECONDS",
                         help="seconds without data before an attempt fails (default: %(default)s)")
     parser.add_argument("--checksums", type=Path, metavar="FILE",
                         help="sha256sum-style file checked against the parts (<group>-<id>.bin) "
                         "and joined archives (<group>.zip) it names")
-    parser.add_argument("--max-extracted-gb", type=float, default=40.0, metavar="GB",
+    parser.add_argument("--max-extracted-gb", type=positive_float, default=40.0, metavar="GB",
                         help="refuse an archive inflating beyond this many GB (default: %(default)s)")
     parser.add_argument("--keep-archives", action="store_true", help="keep the joined zip after extraction")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debugging details")

@@ -42,7 +42,7 @@ from tqdm import tqdm
 from sdmcunet.dataset_conversion.overlay import draw_overlay
 from sdmcunet.dataset_conversion.phantom import Patient, Stream, draw_patient, render_slice, seeded_rng
 from sdmcunet.labels import HEMORRHAGIC, ISCHEMIC
-from sdmcunet.utils.cli import console_entry
+from sdmcunet.utils.cli import console_entry, positive_int, random_seed
 from sdmcunet.utils.errors import SDMCError
 from sdmcunet.utils.files import atomic_output, atomic_write_json, read_json
 
@@ -243,9 +243,9 @@ def main(argv: list[str] | None = None) -> int:
         description="Write a synthetic brain-CT stroke dataset in the TEKNOFEST-2021 layout "
         "(Training/{Hemorrhagic,Ischemic,Non-Stroke}/{PNG,DICOM,OVERLAY}).")
     parser.add_argument("-o", "--output", required=True, type=Path, help="folder to create (new or empty)")
-    parser.add_argument("--patients", type=int, default=30, help="number of synthetic patients (default 30)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes (default 0)")
-    parser.add_argument("--size", type=int, default=512,
+    parser.add_argument("--patients", type=positive_int, default=30, help="number of synthetic patients (default 30)")
+    parser.add_argument("--seed", type=random_seed, default=0, help="random seed; same seed, same bytes (default 0)")
+    parser.add_argument("--size", type=positive_int, default=512,
                         help="image height in pixels; about 1 in 5 patients is wider (default 512)")
     arguments = parser.parse_args(argv)
     summary = make_synthetic_dataset(arguments.output, arguments.patients, arguments.seed, arguments.size)

@@ -4,8 +4,10 @@
 
 Every input folder holds, per case, a label map and `{case}.npz` (key `probabilities`, float16,
 (classes, rows, columns)), as written by `sdmc_predict --save_probabilities` or `sdmc_train --npz`.
-The output label map is the argmax of the mean probabilities, in the format and with the spacing
-of the first folder's label map of that case.
+The output label map is the argmax of the mean probabilities, in the format and with the geometry
+(spacing, origin, direction) of the first folder's label map of that case. `ensemble_info.json`
+records the input folders (and what made them); a folder made from other inputs is refused
+unless `--overwrite` is given.
 """
 
 import argparse
@@ -17,21 +19,23 @@ from pathlib import Path
 import numpy as np
 
 from sdmcunet.imageio import write_label_map
-from sdmcunet.imageio.label_map_folders import find_label_map, label_map_ending, read_label_map
+from sdmcunet.imageio.label_map_folders import find_label_map, label_map_ending, read_label_map_with_geometry
 from sdmcunet.imageio.probabilities import load_probabilities, save_probabilities
 from sdmcunet.utils.cli import add_num_processes_argument, configure_logging, console_entry
 from sdmcunet.utils.errors import SDMCError
 from sdmcunet.utils.listing import listed
+from sdmcunet.utils.output_record import OutputRecord, claim_output_folder, made_by_of, write_record
 from sdmcunet.utils.parallel import parallel_map
 
 log = logging.getLogger("sdmcunet.ensembling")
+COMMAND = "sdmc_ensemble"
 
 
 @dataclass(frozen=True)
 class EnsembleJob:
     case: str
     probabilities: tuple[Path, ...]  # the case's npz in every input folder
-    label_map: Path  # the first folder's label map of the case: format and spacing of the output
+    label_map: Path  # the first folder's label map of the case: format and geometry of the output
     output: Path  # the ensemble's label map
 
 
@@ -89,11 +93,11 @@ def mean_probabilities(paths: tuple[Path, ...]) -> np.ndarray:
 
 def ensemble_case(job: EnsembleJob, keep_probabilities: bool) -> Path:
     probabilities = mean_probabilities(job.probabilities)
-    template, spacing = read_label_map(job.label_map)
+    template, geometry = read_label_map_with_geometry(job.label_map)
     if probabilities.shape[1:] != template.shape:
         raise SDMCError(f"{job.probabilities[0]}: probabilities of shape {probabilities.shape} do not fit the label "
                         f"map {job.label_map} of shape {template.shape}")
-    write_label_map(probabilities.argmax(0).astype(np.uint8), job.output, spacing)
+    write_label_map(probabilities.argmax(0).astype(np.uint8), job.output, geometry)
     if keep_probabilities:
         save_probabilities(probability_file(job.output.parent, job.case), probabilities)
     return job.output
@@ -105,13 +109,20 @@ def run_ensemble(jobs: list[EnsembleJob], num_processes: int, keep_probabilities
     return list(parallel_map(work, jobs, num_processes, "ensembling"))
 
 
-def ensemble_folders(folders: list[Path], output: Path, num_processes: int,
-                     keep_probabilities: bool = False) -> list[Path]:
+def ensemble_folders(folders: list[Path], output: Path, num_processes: int, keep_probabilities: bool = False,
+                     overwrite: bool = False) -> list[Path]:
+    """Ensemble every common case of `folders` into `output`, which must not hold another ensemble's outputs
+    (unless `overwrite`: they are deleted)."""
     if len({folder.resolve() for folder in folders}) < 2:
         raise SDMCError("an ensemble needs at least two different input folders")
     if output.resolve() in {folder.resolve() for folder in folders}:
         raise SDMCError(f"{output}: the output folder must not be one of the input folders")
-    written = run_ensemble(ensemble_jobs(folders, output, common_cases(folders)), num_processes, keep_probabilities)
+    jobs = ensemble_jobs(folders, output, common_cases(folders))
+    record = OutputRecord(COMMAND, {"inputs": [str(folder.resolve()) for folder in folders],
+                                    "inputs_made_by": [made_by_of(folder) for folder in folders]})
+    claim_output_folder(output, record, overwrite, save_probabilities=keep_probabilities)
+    written = run_ensemble(jobs, num_processes, keep_probabilities)
+    write_record(output, record, save_probabilities=keep_probabilities, cases=len(written))
     log.info("ensembled %d cases of %d folders into %s", len(written), len(folders), output)
     return written
 
@@ -124,9 +135,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-o", dest="output", type=Path, required=True, help="output folder")
     add_num_processes_argument(parser)
     parser.add_argument("--save_probabilities", action="store_true", help="also write the mean probabilities")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="in a folder made from other inputs, delete its outputs first (else it is refused)")
     args = parser.parse_args(argv)
     configure_logging()
-    written = ensemble_folders(args.inputs, args.output, args.num_processes, args.save_probabilities)
+    written = ensemble_folders(args.inputs, args.output, args.num_processes, args.save_probabilities, args.overwrite)
     print(f"wrote {len(written)} label maps to {args.output}")
     return 0
 

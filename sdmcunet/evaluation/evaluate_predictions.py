@@ -16,7 +16,7 @@ from typing import Any, Sequence
 from sdmcunet.evaluation.metrics import CaseResult, evaluate_case, summarise, write_summary
 from sdmcunet.evaluation.trained_model import CasePair, TrainedModel, crossval_folder_name, preprocessed_dataset
 from sdmcunet.imageio.label_map_folders import case_name, label_map_files, read_label_map
-from sdmcunet.utils.cli import add_num_processes_argument, configure_logging, console_entry
+from sdmcunet.utils.cli import add_num_processes_argument, configure_logging, console_entry, non_negative_int
 from sdmcunet.utils.errors import SDMCError
 from sdmcunet.utils.listing import listed
 from sdmcunet.utils.parallel import parallel_map
@@ -123,11 +123,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("-ref", type=Path, help="folder of reference label maps")
     parser.add_argument("-pred", type=Path, help="folder of predicted label maps (same file names)")
     parser.add_argument("-o", dest="output", type=Path, help="summary file (default PRED/summary.json)")
-    parser.add_argument("-d", dest="dataset_id", type=int, help="dataset id: evaluate a trained model's validation")
+    parser.add_argument("-d", dest="dataset_id", type=non_negative_int,
+                        help="dataset id: evaluate a trained model's validation")
     parser.add_argument("-tr", dest="trainer", help="with -d: the trainer")
     parser.add_argument("-p", dest="plans", default="sdmcPlans", help="with -d: plans name (default sdmcPlans)")
     parser.add_argument("-c", dest="configuration", default="2d", help="with -d: configuration (default 2d)")
-    parser.add_argument("-f", dest="folds", type=int, nargs="+",
+    parser.add_argument("-f", dest="folds", type=non_negative_int, nargs="+",
                         help="with -d: the fold(s); default every fold found, scored together")
     add_num_processes_argument(parser)
     parser.add_argument("--ignore_missing", action="store_true",

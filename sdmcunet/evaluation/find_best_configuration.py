@@ -28,7 +28,7 @@ from sdmcunet.postprocessing.remove_small_components import (
     POSTPROCESSING_FILE, decide_postprocessing, helps, write_postprocessing,
 )
 from sdmcunet.training.trainers import TRAINERS
-from sdmcunet.utils.cli import add_num_processes_argument, configure_logging, console_entry
+from sdmcunet.utils.cli import add_num_processes_argument, configure_logging, console_entry, non_negative_int
 from sdmcunet.utils.errors import SDMCError
 from sdmcunet.utils.files import atomic_write_bytes, atomic_write_json
 from sdmcunet.utils.listing import listed
@@ -197,12 +197,12 @@ def find_best_configuration(dataset_id: int, trainers: list[str] | None, plans: 
 @console_entry
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sdmc_find_best_configuration", description=__doc__.splitlines()[0])
-    parser.add_argument("-d", dest="dataset_id", type=int, required=True, help="dataset id, e.g. 2021")
+    parser.add_argument("-d", dest="dataset_id", type=non_negative_int, required=True, help="dataset id, e.g. 2021")
     parser.add_argument("-tr", dest="trainers", nargs="+", default=None,
                         help="trainers to compare (default: every model of the dataset with all the folds)")
     parser.add_argument("-p", dest="plans", default="sdmcPlans", help="plans name (default sdmcPlans)")
     parser.add_argument("-c", dest="configuration", default="2d", help="configuration (default 2d)")
-    parser.add_argument("-f", dest="folds", type=int, nargs="+", default=DEFAULT_FOLDS,
+    parser.add_argument("-f", dest="folds", type=non_negative_int, nargs="+", default=DEFAULT_FOLDS,
                         help="cross-validation folds (default 0 1 2 3 4)")
     add_num_processes_argument(parser)
     args = parser.parse_args(argv)

@@ -10,7 +10,6 @@ head's extent are recorded besides.
 import argparse
 import hashlib
 import logging
-import os
 from functools import partial
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import numpy as np
 from sdmcunet import paths
 from sdmcunet.imageio import read_label_slice
 from sdmcunet.raw_dataset import RawCase, find_dataset, load_dataset_json, read_raw_image, training_cases
-from sdmcunet.utils.cli import configure_logging, console_entry
+from sdmcunet.utils.cli import add_num_processes_argument, configure_logging, console_entry, non_negative_int
 from sdmcunet.utils.errors import SDMCError
 from sdmcunet.utils.files import atomic_write_json, read_json
 from sdmcunet.utils.parallel import parallel_map
@@ -123,8 +122,8 @@ def dataset_folders(dataset_id: int) -> tuple[Path, Path]:
 @console_entry
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sdmc_extract_fingerprint", description=__doc__.splitlines()[0])
-    parser.add_argument("-d", dest="dataset_id", type=int, required=True)
-    parser.add_argument("-np", dest="num_processes", type=int, default=min(os.cpu_count() or 1, 8))
+    parser.add_argument("-d", dest="dataset_id", type=non_negative_int, required=True)
+    add_num_processes_argument(parser)
     parser.add_argument("--clean", action="store_true", help="recompute even if the fingerprint is up to date")
     args = parser.parse_args(argv)
     configure_logging()

@@ -1,11 +1,14 @@
-"""GPU memory of one training step, estimated without a GPU.
+"""Memory of one training step, estimated without allocating it, and the memory a machine has.
 
 The forward pass runs on PyTorch's `meta` device (shapes only, no data, no time) and the
 tensors autograd saves for backward are added up: that is the activation memory. Weights,
-gradients and Adam moments cost 16 bytes per trainable parameter, 4 per frozen one.
+gradients and Adam moments cost 16 bytes per trainable parameter, 4 per frozen one. The
+planners fit GPU batch sizes with it; training checks hand-edited plans with it (GPU or CPU).
 """
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -59,3 +62,30 @@ class MemoryModel:
         while self.gigabytes(batch_size + 1, amp) <= target_gigabytes:
             batch_size += 1
         return batch_size
+
+
+def available_gigabytes(device: torch.device) -> float | None:
+    """Memory a training on `device` can still take: the GPU's free memory, or on the CPU the RAM the
+    kernel can hand out without swapping (MemAvailable); None where the system does not tell."""
+    if device.type == "cuda":
+        free_bytes, _ = torch.cuda.mem_get_info(device)
+        return free_bytes / 2**30
+    available_bytes = _meminfo_available_bytes()
+    if available_bytes is None:
+        try:  # free pages only (no reclaimable caches): smaller than MemAvailable, never larger
+            available_bytes = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError):
+            return None
+    return available_bytes / 2**30
+
+
+def _meminfo_available_bytes(meminfo: Path = Path("/proc/meminfo")) -> int | None:
+    try:
+        lines = meminfo.read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        name, _, value = line.partition(":")
+        if name == "MemAvailable":
+            return int(value.split()[0]) * 1024  # "MemAvailable:   123456 kB"
+    return None

@@ -9,7 +9,6 @@ case they target 90% of its memory; `--cpu` forces CPU plans. Everything is writ
 
 import argparse
 import logging
-import os
 from pathlib import Path
 
 from sdmcunet.experiment_planning.fingerprint import FINGERPRINT_FILE, dataset_folders, extract_fingerprint
@@ -19,7 +18,9 @@ from sdmcunet.experiment_planning.splits import TooFewPatients, load_or_create_s
 from sdmcunet.experiment_planning.verify_dataset import verify_or_raise
 from sdmcunet.preprocessing.preprocessor import preprocess_dataset
 from sdmcunet.raw_dataset import load_dataset_json, training_cases
-from sdmcunet.utils.cli import configure_logging, console_entry
+from sdmcunet.utils.cli import (
+    add_num_processes_argument, configure_logging, console_entry, fraction, non_negative_int, positive_float,
+)
 from sdmcunet.utils.files import atomic_write_bytes, read_json
 
 log = logging.getLogger("sdmcunet.planning")
@@ -77,15 +78,15 @@ def preprocess(dataset_id: int, plans_name: str, configurations: list[str], num_
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-d", dest="dataset_id", type=int, required=True, help="dataset id, e.g. 2021")
-    parser.add_argument("-np", dest="num_processes", type=int, default=min(os.cpu_count() or 1, 8),
-                        help="worker processes (default: number of CPUs, at most 8)")
+    parser.add_argument("-d", dest="dataset_id", type=non_negative_int, required=True, help="dataset id, e.g. 2021")
+    add_num_processes_argument(parser)
 
 
 def _add_planning(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-pl", dest="planner", default=DEFAULT_PLANNER,
                         help=f"planner name ({', '.join(PLANNERS.names())}) or package.module:ClassName")
-    parser.add_argument("-gpu_memory_target", type=float, default=None, help="plan for a GPU with this many GB")
+    parser.add_argument("-gpu_memory_target", type=positive_float, default=None,
+                        help="plan for a GPU with this many GB")
     parser.add_argument("--cpu", action="store_true", help="write CPU plans even when a GPU is present")
 
 
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_planning(parser)
     parser.add_argument("--verify_dataset_integrity", action="store_true",
                         help="also read every raw image and label to verify them (file sets are always checked)")
-    parser.add_argument("--holdout_fraction", type=float, default=None,
+    parser.add_argument("--holdout_fraction", type=fraction, default=None,
                         help="move this fraction of the patients to imagesTs/labelsTs first (once)")
     parser.add_argument("--clean", action="store_true", help="recompute the fingerprint even if up to date")
     args = parser.parse_args(argv)
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
 @console_entry
 def plan_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sdmc_plan_experiment", description="write plans from the fingerprint")
-    parser.add_argument("-d", dest="dataset_id", type=int, required=True)
+    parser.add_argument("-d", dest="dataset_id", type=non_negative_int, required=True)
     _add_planning(parser)
     args = parser.parse_args(argv)
     configure_logging()

@@ -15,10 +15,8 @@ from sdmcunet.utils.errors import SDMCError
 from sdmcunet.utils.registry import Registry
 
 CONFIGURATION = "2d"
-PLANNERS: Registry = Registry("planner", "sdmcunet.planners")
 
 
-@PLANNERS.register
 class SDMCPlanner:
     plans_name = "sdmcPlans"
 
@@ -118,7 +116,6 @@ class SDMCPlanner:
         return max(1, math.ceil(0.8 * n_cases / batch_size))
 
 
-@PLANNERS.register
 class SDMCCTWindowsPlanner(SDMCPlanner):
     """Three brain windows of the Hounsfield units stacked as input channels."""
 
@@ -133,3 +130,7 @@ class SDMCCTWindowsPlanner(SDMCPlanner):
         return [{"name": f"CT {name} window", "source_channel": ct[0], "normalization": "window",
                  "window": [level - width / 2, level + width / 2]} for name, (level, width) in self.WINDOWS.items()]
 
+
+PLANNERS: Registry[SDMCPlanner] = Registry("planner", "sdmcunet.planners", SDMCPlanner)
+for _planner in (SDMCPlanner, SDMCCTWindowsPlanner):
+    PLANNERS.register(_planner)

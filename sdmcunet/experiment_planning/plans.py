@@ -6,6 +6,7 @@ editable by hand; `docs/plans.md` documents every field. A configuration may nam
 """
 
 import copy
+import re
 from pathlib import Path
 
 from sdmcunet.utils.errors import SDMCError
@@ -20,6 +21,7 @@ AMP_DTYPES = ("float16", "bfloat16")  # autocast precision on CUDA
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")  # what the SDMC denoiser outputs
 SELECTION_METRICS = ("IoU", "Dice")
 NETWORK_DIVISOR = 32  # five 2x downsamplings (U-Nets, Swin-UNETR) and the VAE's factor 8
+PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 TOP_LEVEL_KEYS = ("plans_name", "planner", "dataset_name", "num_input_channels_raw", "labels", "configurations")
 
 
@@ -101,7 +103,17 @@ def _top_level_problems(plans) -> list[str]:
         problems.append(f"labels must map label names to integers, got {labels!r}")
     if not _maps_to_objects(plans["configurations"]):
         problems.append("configurations must map configuration names to objects")
+    # names that become folder and file names: plain names, never a way out of their folder
+    names = {"plans_name": plans["plans_name"], "dataset_name": plans["dataset_name"]}
+    if isinstance(plans["configurations"], dict):
+        names |= {f"configuration name {name!r}": name for name in plans["configurations"]}
+    problems += [f"{field} must be a plain name (letters, digits, '_', '-', '.'), got {name!r}"
+                 for field, name in names.items() if not _is_plain_name(name)]
     return problems
+
+
+def _is_plain_name(name) -> bool:
+    return isinstance(name, str) and PLAIN_NAME.fullmatch(name) is not None
 
 
 def _configuration_problems(config: dict, plans: dict) -> list[str]:
@@ -110,6 +122,9 @@ def _configuration_problems(config: dict, plans: dict) -> list[str]:
                 "crop_to_head", "families")
     if missing := [key for key in required if key not in config]:
         return [f"missing {', '.join(missing)}"]
+    if not _is_plain_name(config["data_identifier"]):
+        problems.append(f"data_identifier must be a plain name (a folder of the preprocessed dataset), "
+                        f"got {config['data_identifier']!r}")
     if not isinstance(config["crop_to_head"], bool):
         problems.append(f"crop_to_head must be true or false, got {config['crop_to_head']!r}")
     size = config["image_size"]

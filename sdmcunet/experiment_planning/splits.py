@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from sdmcunet.imageio import read_label_slice
-from sdmcunet.raw_dataset import image_file_name, label_file_name, load_dataset_json, training_cases
+from sdmcunet.raw_dataset import case_name_problem, image_file_name, label_file_name, load_dataset_json, training_cases
 from sdmcunet.utils.errors import SDMCError
 from sdmcunet.utils.files import atomic_write_json, read_json
 
@@ -78,6 +78,14 @@ def check_splits_format(splits, source: Path) -> None:
     if not isinstance(splits, list) or not all(
             isinstance(s, dict) and is_case_list(s.get("train")) and is_case_list(s.get("val")) for s in splits):
         raise SDMCError(f"{source}: expected a list of {{'train': [case, ...], 'val': [case, ...]}}")
+    check_case_names([case for split in splits for case in (*split["train"], *split["val"])], source)
+
+
+def check_case_names(cases: list, source: Path) -> None:
+    """Case names read from `source` become file names: each must be one (raw_dataset.case_name_problem)."""
+    problems = sorted({problem for case in cases if (problem := case_name_problem(case))})
+    if problems:
+        raise SDMCError(f"{source}: {len(problems)} invalid case name(s): {'; '.join(problems[:3])}")
 
 
 def check_splits(splits, patients: dict[str, str], source: Path) -> None:
@@ -118,7 +126,7 @@ def move_holdout(raw_folder: Path, fraction: float, seed: int = SEED) -> list[st
     record = raw_folder / HOLDOUT_FILE
     dataset = load_dataset_json(raw_folder)
     if record.is_file():
-        held_out = read_json(record)["cases"]
+        held_out = _recorded_holdout(record, raw_folder, dataset.file_ending)
     else:
         if not 0 < fraction < 1:
             raise SDMCError(f"the held-out fraction must lie between 0 and 1, got {fraction}")
@@ -133,6 +141,20 @@ def move_holdout(raw_folder: Path, fraction: float, seed: int = SEED) -> list[st
     content["numTraining"] = len(list((raw_folder / "labelsTr").glob(f"*{dataset.file_ending}")))
     atomic_write_json(raw_folder / "dataset.json", content)
     return held_out
+
+
+def _recorded_holdout(record: Path, raw_folder: Path, file_ending: str) -> list[str]:
+    """The cases `holdout.json` lists: valid names of cases of this dataset (in labelsTr, or moved already)."""
+    content = read_json(record)
+    cases = content.get("cases") if isinstance(content, dict) else None
+    if not isinstance(cases, list):
+        raise SDMCError(f"{record}: expected {{'cases': [case, ...], ...}}")
+    check_case_names(cases, record)
+    unknown = [case for case in cases if not any((raw_folder / folder / label_file_name(case, file_ending)).is_file()
+                                                 for folder in ("labelsTr", "labelsTs"))]
+    if unknown:
+        raise SDMCError(f"{record}: lists case(s) the dataset does not have: {', '.join(unknown[:5])}")
+    return cases
 
 
 def _move_case(raw_folder: Path, case: str, file_ending: str, num_channels: int) -> None:

@@ -8,7 +8,6 @@ shape and spacing, and label values are among `labels`.
 
 import argparse
 import logging
-import os
 import re
 from functools import partial
 from pathlib import Path
@@ -20,7 +19,7 @@ from sdmcunet.imageio import read_label_slice
 from sdmcunet.raw_dataset import (
     DatasetJson, find_dataset, image_file_name, label_file_name, load_dataset_json, read_raw_image,
 )
-from sdmcunet.utils.cli import configure_logging, console_entry
+from sdmcunet.utils.cli import add_num_processes_argument, configure_logging, console_entry, non_negative_int
 from sdmcunet.utils.errors import SDMCError
 from sdmcunet.utils.parallel import parallel_map
 
@@ -119,9 +118,9 @@ def verify_or_raise(folder: Path, num_processes: int = 1, read_images: bool = Tr
 @console_entry
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sdmc_verify_dataset", description=__doc__.splitlines()[0])
-    parser.add_argument("-d", dest="dataset_id", type=int, required=True, help="dataset id, e.g. 2021")
+    parser.add_argument("-d", dest="dataset_id", type=non_negative_int, required=True, help="dataset id, e.g. 2021")
     parser.add_argument("--raw", type=Path, default=None, help="raw data folder (default $SDMC_raw or ./raw_data)")
-    parser.add_argument("-np", dest="num_processes", type=int, default=min(os.cpu_count() or 1, 8))
+    add_num_processes_argument(parser)
     args = parser.parse_args(argv)
     configure_logging()
     folder = find_dataset(args.raw or paths.raw_root(), args.dataset_id)

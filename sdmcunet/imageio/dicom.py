@@ -24,6 +24,8 @@ CODEC_HINT = (
     "(pylibjpeg, pylibjpeg-libjpeg, pylibjpeg-openjpeg) or pip install python-gdcm"
 )
 REQUIRED_KEYWORDS = ("PixelData", "Rows", "Columns", "BitsAllocated")
+DICOM_SUFFIXES = (".dcm", ".dicom")  # lower case; the only suffixes read as DICOM (besides none)
+MAX_USUAL_SLOPE = 10.0  # CT files say 1 (some 0.5 or 2); a larger or negative slope is noted
 
 
 def _header_value_errors() -> tuple[type[Exception], ...]:
@@ -61,8 +63,13 @@ def _ct_slice(path: Path, dataset: pydicom.Dataset, require_ct: bool) -> DicomSl
         raise SDMCError(f"{path}: expected one greyscale frame (a CT slice), found a multi-frame or colour image")
     notes: list[str] = []
     stored = _stored_values(path, dataset, notes)
-    slope = float(dataset.get("RescaleSlope", 1) or 1)
-    intercept = float(dataset.get("RescaleIntercept", 0) or 0)
+    slope = _header_number(dataset, "RescaleSlope", 1.0)
+    intercept = _header_number(dataset, "RescaleIntercept", 0.0)
+    if slope == 0:
+        raise SDMCError(f"{path}: RescaleSlope is 0, which would make every pixel {intercept} HU")
+    if not 0 < slope <= MAX_USUAL_SLOPE:
+        notes.append(f"RescaleSlope {slope:g} is unusual for CT (1 in almost every scanner's files): "
+                     f"check the Hounsfield units")
     hounsfield = (stored.astype(np.float64) * slope + intercept).astype(np.float32)
     # A NaN or infinite slope would reach the NIfTI files, where ITK reads it back as 0: refuse it here.
     if not np.isfinite(hounsfield).all():
@@ -75,6 +82,12 @@ def _ct_slice(path: Path, dataset: pydicom.Dataset, require_ct: bool) -> DicomSl
         study_uid=str(dataset.StudyInstanceUID) if dataset.get("StudyInstanceUID") else None,
         notes=notes,
     )
+
+
+def _header_number(dataset: pydicom.Dataset, keyword: str, absent: float) -> float:
+    """A numeric header value; `absent` where the header has none (or an empty one)."""
+    value = dataset.get(keyword)
+    return absent if value is None or value == "" else float(value)
 
 
 def _read_dataset(path: Path) -> pydicom.Dataset:

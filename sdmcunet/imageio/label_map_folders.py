@@ -8,13 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
-from sdmcunet.imageio import read_label_slice
+from sdmcunet.imageio import DEFAULT_GEOMETRY, ImageGeometry, read_label_slice_with_geometry
 from sdmcunet.labels import LABELS
 from sdmcunet.utils.errors import SDMCError
 
 # Longest first, so that "a.nii.gz" is case "a" and not "a.nii".
 LABEL_MAP_ENDINGS = (".nii.gz", ".nii", ".png")
-DEFAULT_SPACING = (1.0, 1.0)  # PNG stores none
 
 
 def label_map_ending(file_name: str) -> str | None:
@@ -44,13 +43,19 @@ def find_label_map(folder: Path, case: str) -> Path | None:
 
 
 def read_label_map(path: Path, num_classes: int = len(LABELS)) -> tuple[np.ndarray, tuple[float, float]]:
-    """A label map as uint8 and its (row, column) spacing; an error naming the file unless its
-    values are whole numbers in 0..num_classes-1."""
-    values, spacing = read_label_slice(path)
+    """`read_label_map_with_geometry` with the (row, column) spacing alone."""
+    values, geometry = read_label_map_with_geometry(path, num_classes)
+    return values, geometry.spacing
+
+
+def read_label_map_with_geometry(path: Path, num_classes: int = len(LABELS)) -> tuple[np.ndarray, ImageGeometry]:
+    """A label map as uint8 and where its pixels lie (spacing 1 mm for PNG, which stores none); an error
+    naming the file unless its values are whole numbers in 0..num_classes-1."""
+    values, geometry = read_label_slice_with_geometry(path)
     if not np.issubdtype(values.dtype, np.integer):
         if not np.array_equal(values, np.round(values)):
             raise SDMCError(f"{path}: not a label map (holds non-integer values, dtype {values.dtype})")
     if values.size and (values.min() < 0 or values.max() >= num_classes):
         unexpected = sorted(set(np.unique(values).tolist()) - set(range(num_classes)))
         raise SDMCError(f"{path}: labels must lie in 0..{num_classes - 1}, found {unexpected}")
-    return values.astype(np.uint8), spacing or DEFAULT_SPACING
+    return values.astype(np.uint8), geometry or DEFAULT_GEOMETRY

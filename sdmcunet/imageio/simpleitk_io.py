@@ -1,7 +1,8 @@
 """PNG and NIfTI reading and writing through SimpleITK, in numpy (row, column) order.
 
 Arrays are (rows, columns) or (rows, columns, components); spacing is (row, column) in mm,
-the reverse of SimpleITK's (x, y). Every write is atomic.
+the reverse of SimpleITK's (x, y). NIfTI files are read and written with their full geometry
+(`ImageGeometry`: spacing, origin, direction); PNG stores none. Every write is atomic.
 """
 
 import errno
@@ -9,13 +10,20 @@ import gzip
 import struct
 import zlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from sdmcunet.imageio.geometry import ImageGeometry, as_geometry
 from sdmcunet.utils.errors import SDMCError
 from sdmcunet.utils.files import atomic_output
 
+if TYPE_CHECKING:  # imported on first use (see _simpleitk)
+    import SimpleITK
+
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_GREY_ALPHA = 4  # the PNG colour type of grey + alpha, which SimpleITK cannot read
 # Where the NIfTI-1 and NIfTI-2 headers (told apart by their size) keep the voxels' data type and offset.
 _NIFTI_HEADERS = {348: {"datatype": (70, "h"), "vox_offset": (108, "f")},
                   540: {"datatype": (12, "h"), "vox_offset": (168, "q")}}
@@ -27,25 +35,69 @@ def is_nifti(path: str | Path) -> bool:
 
 
 def read_png(path: str | Path) -> np.ndarray:
-    """A PNG as stored: grey (H, W), RGB (H, W, 3) or RGBA (H, W, 4), uint8 or uint16."""
-    array, _ = _read(path, "PNGImageIO")
-    return array
+    """A PNG as stored: grey (H, W), RGB (H, W, 3) or RGBA (H, W, 4), uint8 or uint16.
+
+    A grey+alpha PNG comes as RGBA with its grey in R, G and B: the layout of the organisers' grey
+    PNGs, which every reader of pictures already knows.
+    """
+    header = _png_bit_depth_and_colour_type(Path(path))
+    if header is not None and header[1] == PNG_GREY_ALPHA:
+        return _read_grey_alpha_png(Path(path), header[0])
+    return _simpleitk().GetArrayFromImage(_read(path, "PNGImageIO"))
+
+
+def _png_bit_depth_and_colour_type(path: Path) -> tuple[int, int] | None:
+    """(bit depth, colour type) from a PNG's header chunk; None when the file does not begin like a PNG."""
+    try:
+        with open(path, "rb") as stream:
+            start = stream.read(26)  # signature, IHDR length and type, width, height, bit depth, colour type
+    except OSError:
+        return None
+    if len(start) < 26 or not start.startswith(PNG_SIGNATURE) or start[12:16] != b"IHDR":
+        return None
+    return start[24], start[25]
+
+
+def _read_grey_alpha_png(path: Path, bit_depth: int) -> np.ndarray:
+    """An 8-bit grey+alpha PNG as RGBA uint8, through Pillow: ITK has no pixel type for it.
+
+    Pillow reads 16-bit grey+alpha through 8 bits, which would silently drop the low byte, so
+    those are refused.
+    """
+    from PIL import Image
+
+    if bit_depth != 8:
+        raise SDMCError(f"{path}: a {bit_depth}-bit grey+alpha PNG cannot be read; save it as a grey PNG "
+                        f"(without the alpha channel)")
+    try:
+        with Image.open(path) as image:
+            grey, alpha = np.moveaxis(np.asarray(image), -1, 0)
+    except (OSError, SyntaxError, ValueError, EOFError, zlib.error, Image.DecompressionBombError) as error:
+        raise SDMCError(f"{path}: cannot be read as PNG ({error})") from None
+    return np.stack([grey, grey, grey, alpha], axis=-1)
 
 
 def read_nifti(path: str | Path) -> tuple[np.ndarray, tuple[float, float]]:
     """A 2D NIfTI image (or a 3D one with a single slice) and its (row, column) spacing."""
+    array, geometry = read_nifti_with_geometry(path)
+    return array, geometry.spacing
+
+
+def read_nifti_with_geometry(path: str | Path) -> tuple[np.ndarray, ImageGeometry]:
+    """A 2D NIfTI image (or a 3D one with a single slice) and its full geometry."""
     path = Path(path)
     twin = path.with_name(path.name[:-3]) if path.name.lower().endswith(".gz") else None
     if twin is not None and twin.is_file():  # ITK's reader opens x.nii when asked for x.nii.gz
         raise SDMCError(f"{path}: {twin.name} lies beside it and would be read instead; remove one of the two")
-    array, spacing = _read(path, "NiftiImageIO")
+    image = _read(path, "NiftiImageIO")
+    array = _simpleitk().GetArrayFromImage(image)
     if np.issubdtype(array.dtype, np.floating) and _stores_non_finite_values(path, array.size):
         raise SDMCError(f"{path}: holds NaN or infinite values")
     if array.ndim == 3 and array.shape[0] == 1:  # nnU-Net writes 2D cases as one-slice volumes
-        array, spacing = array[0], spacing[1:]
+        array = array[0]
     if array.ndim != 2:
         raise SDMCError(f"{path}: expected a 2D image, found shape {array.shape}")
-    return array, spacing
+    return array, ImageGeometry(image.GetSpacing(), image.GetOrigin(), image.GetDirection())
 
 
 def _stores_non_finite_values(path: Path, n_values: int) -> bool:
@@ -90,7 +142,8 @@ def _simpleitk():
     return SimpleITK
 
 
-def _read(path: str | Path, image_io: str) -> tuple[np.ndarray, tuple[float, ...]]:
+def _read(path: str | Path, image_io: str) -> "SimpleITK.Image":
+    """The image in `path` (a SimpleITK image) read with `image_io`; an error naming the file if it cannot be."""
     sitk = _simpleitk()
     path = Path(path)
     if not path.is_file():
@@ -103,32 +156,42 @@ def _read(path: str | Path, image_io: str) -> tuple[np.ndarray, tuple[float, ...
     except RuntimeError as error:
         reason = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown reason"
         raise SDMCError(f"{path}: cannot be read as {image_io.removesuffix('ImageIO')} ({reason})") from None
-    return sitk.GetArrayFromImage(image), tuple(reversed(image.GetSpacing()))
+    return image
 
 
-def write_image(array: np.ndarray, path: str | Path, spacing: tuple[float, float] = (1.0, 1.0)) -> None:
+def write_image(array: np.ndarray, path: str | Path,
+                geometry: ImageGeometry | tuple[float, float] = (1.0, 1.0)) -> None:
     """Write a 2D array as NIfTI or PNG (chosen by the suffix), atomically.
 
-    PNG holds only uint8/uint16 and no spacing; NIfTI keeps the dtype and the spacing.
+    `geometry` is the reference image's (a spacing alone means origin 0 and the identity direction).
+    NIfTI keeps the dtype and the full geometry, a one-slice volume's included; PNG holds only
+    uint8/uint16 and the spacing.
     """
     sitk = _simpleitk()
-    path = Path(path)
+    path, geometry = Path(path), as_geometry(geometry)
     if array.ndim != 2:
         raise ValueError(f"expected a 2D array for {path}, got shape {array.shape}")
-    if path.suffix.lower() == ".png" and array.dtype not in (np.uint8, np.uint16):
-        raise ValueError(f"PNG holds uint8 or uint16, not {array.dtype} ({path})")
-    image = sitk.GetImageFromArray(np.ascontiguousarray(array))
-    image.SetSpacing(tuple(float(s) for s in reversed(spacing)))
+    if path.suffix.lower() == ".png":
+        if array.dtype not in (np.uint8, np.uint16):
+            raise ValueError(f"PNG holds uint8 or uint16, not {array.dtype} ({path})")
+        image = sitk.GetImageFromArray(np.ascontiguousarray(array))
+        image.SetSpacing(geometry.itk_spacing[:2])
+    else:
+        image = sitk.GetImageFromArray(np.ascontiguousarray(array[None] if geometry.is_volume else array))
+        image.SetSpacing(geometry.itk_spacing)
+        image.SetOrigin(geometry.origin)
+        image.SetDirection(geometry.direction)
     with atomic_output(path) as temporary:
         sitk.WriteImage(image, str(temporary), useCompression=True)
         _check_complete(temporary, array)
 
 
-def write_label_map(label_map: np.ndarray, path: str | Path, spacing: tuple[float, float] = (1.0, 1.0)) -> None:
-    """Write a label map (values 0..255) as uint8 PNG or NIfTI."""
+def write_label_map(label_map: np.ndarray, path: str | Path,
+                    geometry: ImageGeometry | tuple[float, float] = (1.0, 1.0)) -> None:
+    """Write a label map (values 0..255) as uint8 PNG or NIfTI, with its image's geometry (see `write_image`)."""
     if label_map.size and (label_map.min() < 0 or label_map.max() > 255):
         raise ValueError(f"label values must lie in 0..255 to be written to {path}")
-    write_image(label_map.astype(np.uint8, copy=False), path, spacing)
+    write_image(label_map.astype(np.uint8, copy=False), path, geometry)
 
 
 def write_rgb_png(picture: np.ndarray, path: str | Path) -> None:

@@ -12,13 +12,13 @@ from pathlib import Path
 import torch
 
 from sdmcunet import paths
+from sdmcunet.experiment_planning.plans import load_plans
 from sdmcunet.raw_dataset import DatasetJson, folders_with_id, load_dataset_json
 from sdmcunet.training.checkpoints import load_checkpoint
 from sdmcunet.training.model_folder import fold_folder, model_folder
 from sdmcunet.training.trainers import TRAINERS
 from sdmcunet.training.trainers.base import Trainer
 from sdmcunet.utils.errors import SDMCError
-from sdmcunet.utils.files import read_json
 
 log = logging.getLogger("sdmcunet.inference")
 
@@ -57,7 +57,7 @@ def load_model(folder: Path, folds: list[str] | None, checkpoint_name: str, devi
 
     The trainer class is the one named in the checkpoints, looked up as `trainer_name` if given
     (for a trainer given as package.module:ClassName)."""
-    plans, dataset = read_json(folder / "plans.json"), load_dataset_json(folder)
+    plans, dataset = load_plans(folder / "plans.json"), load_dataset_json(folder)
     folds = folds or available_folds(folder, checkpoint_name)
     if not folds:
         raise SDMCError(f"{folder}: no fold has a {checkpoint_name}; is training finished?")
@@ -76,9 +76,19 @@ def load_model(folder: Path, folds: list[str] | None, checkpoint_name: str, devi
 
 def _fold_trainer(plans: dict, fold: str, checkpoint: Path, device: torch.device, trainer_name: str | None) -> Trainer:
     state = load_checkpoint(checkpoint)
-    trainer_class = TRAINERS.get(trainer_name or state["trainer"])
-    if trainer_class.__name__ != state["trainer"]:
-        raise SDMCError(f"{checkpoint}: written by {state['trainer']}, not by {trainer_class.__name__}")
+    written_by = state.get("trainer")
+    if trainer_name is not None:  # the user's choice, which may be an import path
+        trainer_class = TRAINERS.get(trainer_name)
+    elif not isinstance(written_by, str):
+        raise SDMCError(f"{checkpoint}: names no trainer")
+    else:  # a name read from a file is looked up, never imported
+        try:
+            trainer_class = TRAINERS.get_registered(written_by)
+        except SDMCError:
+            raise SDMCError(f"{checkpoint}: written by {written_by!r}, which is not a registered trainer; if it is "
+                            f"yours, give it with -tr package.module:ClassName") from None
+    if trainer_class.__name__ != written_by:
+        raise SDMCError(f"{checkpoint}: written by {written_by}, not by {trainer_class.__name__}")
     if trainer_class.family == "mask_autoencoder":
         raise SDMCError(f"{checkpoint}: {state['trainer']} reconstructs masks; it does not segment images")
     # the model folder stands in for the preprocessed folder: inference reads no training data

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from sdmcunet.imageio import write_label_map, write_rgb_png
+from sdmcunet.imageio import DEFAULT_GEOMETRY, ImageGeometry, write_label_map, write_rgb_png
 from sdmcunet.imageio.probabilities import save_probabilities
 from sdmcunet.inference.input_files import InputCase, InputListing, read_case_channels
 from sdmcunet.inference.model_loading import LoadedModel
@@ -47,8 +47,8 @@ class PredictionOptions:
 class PreparedCase:
     case: InputCase
     inputs: np.ndarray  # (input channels, size, size) float32
-    geometry: Geometry
-    spacing: tuple[float, float]
+    geometry: Geometry  # from the original slice to the network's input
+    image_geometry: ImageGeometry  # where the original slice's pixels lie: its label map's too
     display: np.ndarray | None  # uint8 grey picture of the slice, for overlays
 
 
@@ -100,7 +100,7 @@ def prepare_case(case: InputCase, configuration: dict, channel_names: dict[int, 
                  with_display: bool) -> PreparedCase | str:
     """Read and preprocess one case as the plans say; a user-facing reason when it cannot be."""
     try:
-        raw_channels, spacing = read_case_channels(case, len(channel_names))
+        raw_channels, image_geometry = read_case_channels(case, len(channel_names))
         inputs, geometry = preprocess_image(raw_channels, configuration, channel_names, next(iter(case.files.values())))
     except SDMCError as error:
         return str(error)
@@ -108,7 +108,7 @@ def prepare_case(case: InputCase, configuration: dict, channel_names: dict[int, 
     if with_display:
         channel = configuration["input_channels"][0]["source_channel"]
         display = display_image(raw_channels[channel], channel_names[channel].upper() == "CT")
-    return PreparedCase(case, inputs, geometry, spacing or (1.0, 1.0), display)
+    return PreparedCase(case, inputs, geometry, image_geometry or DEFAULT_GEOMETRY, display)
 
 
 def export_case(prepared: PreparedCase, probabilities: np.ndarray, uncertainty: np.ndarray | None,
@@ -123,7 +123,7 @@ def export_case(prepared: PreparedCase, probabilities: np.ndarray, uncertainty: 
         save_probabilities(extra_paths.pop(0), original, original_uncertainty)
     if options.overlays:
         write_rgb_png(lesion_overlay(prepared.display, label_map), extra_paths.pop(0))
-    write_label_map(label_map, label_path, prepared.spacing)  # last: a label map means the case is complete
+    write_label_map(label_map, label_path, prepared.image_geometry)  # last: a label map means the case is complete
 
 
 def predict_folder(model: LoadedModel, listing: InputListing, output: Path, options: PredictionOptions,

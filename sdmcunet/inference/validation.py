@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from sdmcunet.evaluation.metrics import summarise_cases, write_summary
-from sdmcunet.imageio import read_label_slice, write_image
+from sdmcunet.imageio import DEFAULT_GEOMETRY, read_label_slice_with_geometry, write_image
 from sdmcunet.imageio.probabilities import save_probabilities as write_probabilities
 from sdmcunet.preprocessing.geometry import Geometry, probabilities_to_original
 from sdmcunet.raw_dataset import load_dataset_json
@@ -33,14 +33,16 @@ def validate_fold(trainer, save_probabilities: bool = False, batch_size: int = 8
         with torch.autocast(trainer.device.type, enabled=trainer.device.type == "cuda"):
             probabilities = trainer.predict_probabilities(images).float().cpu().numpy()
         for name, case_probabilities in zip(names, probabilities):
-            geometry = Geometry.from_json(cases.properties[name]["geometry"])
-            original = probabilities_to_original(case_probabilities, geometry)
+            network_geometry = Geometry.from_json(cases.properties[name]["geometry"])
+            original = probabilities_to_original(case_probabilities, network_geometry)
             label_map = original.argmax(0).astype(np.uint8)
-            reference, spacing = read_label_slice(trainer.preprocessed_folder / "gt_segmentations" / f"{name}{file_ending}")
-            write_image(label_map, output / f"{name}{file_ending}", spacing or (1.0, 1.0))
+            reference_path = trainer.preprocessed_folder / "gt_segmentations" / f"{name}{file_ending}"
+            reference, reference_geometry = read_label_slice_with_geometry(reference_path)
+            reference_geometry = reference_geometry or DEFAULT_GEOMETRY
+            write_image(label_map, output / f"{name}{file_ending}", reference_geometry)  # lies where its reference lies
             if save_probabilities:
                 write_probabilities(output / f"{name}.npz", original)
-            scored[name] = (label_map, reference, spacing or (1.0, 1.0))
+            scored[name] = (label_map, reference, reference_geometry.spacing)
     summary_path = output / "summary.json"
     write_summary(summary_path, summarise_cases(scored))
     log.info("validation of fold %s: %s", trainer.fold, summary_path)

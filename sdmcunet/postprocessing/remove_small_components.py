@@ -5,6 +5,10 @@
 Per foreground class, 8-connected components smaller than the class's threshold (pixels) become
 non-stroke. A threshold is kept only if it raises the cross-validation Stroke2021 DSC Mean
 (DESIGN §7); `postprocessing.json` records the choice and the score of every candidate.
+
+Each output label map keeps the format and geometry of its input. `postprocessing_info.json`
+records the input folder (and what made it) and the postprocessing file; an output folder made
+otherwise is refused unless `--overwrite` is given.
 """
 
 import argparse
@@ -19,14 +23,16 @@ from scipy import ndimage
 from sdmcunet.evaluation.metrics import FOREGROUND_LABELS, nanmean, slice_scores, to_json_safe
 from sdmcunet.evaluation.trained_model import CasePair
 from sdmcunet.imageio import write_label_map
-from sdmcunet.imageio.label_map_folders import label_map_files, read_label_map
+from sdmcunet.imageio.label_map_folders import label_map_files, read_label_map, read_label_map_with_geometry
 from sdmcunet.labels import CLASS_ABBREVIATIONS
 from sdmcunet.utils.cli import add_num_processes_argument, configure_logging, console_entry
 from sdmcunet.utils.errors import SDMCError
 from sdmcunet.utils.files import atomic_write_json, read_json
+from sdmcunet.utils.output_record import OutputRecord, claim_output_folder, made_by_of, write_record
 from sdmcunet.utils.parallel import parallel_map
 
 log = logging.getLogger("sdmcunet.postprocessing")
+COMMAND = "sdmc_apply_postprocessing"
 POSTPROCESSING_FILE = "postprocessing.json"
 THRESHOLDS_KEY = "remove_components_smaller_than"
 CANDIDATE_MIN_SIZES = (0, 5, 10, 20, 50, 100)  # pixels; 0 = off
@@ -116,22 +122,33 @@ def load_min_sizes(path: Path) -> dict[int, int]:
 
 def postprocess_file(paths: tuple[Path, Path], min_sizes: Mapping[int, int]) -> Path:
     source, target = paths
-    label_map, spacing = read_label_map(source)
-    write_label_map(remove_small_components(label_map, min_sizes), target, spacing)
+    label_map, geometry = read_label_map_with_geometry(source)
+    write_label_map(remove_small_components(label_map, min_sizes), target, geometry)
     return target
 
 
-def apply_postprocessing(input_folder: Path, output_folder: Path, min_sizes: Mapping[int, int],
-                         num_processes: int) -> list[Path]:
-    """Postprocess every label map of `input_folder` into `output_folder` (same names and formats)."""
+def apply_postprocessing(input_folder: Path, output_folder: Path, postprocessing_file: Path, num_processes: int,
+                         overwrite: bool = False) -> list[Path]:
+    """Postprocess every label map of `input_folder` into `output_folder` (same names and formats) as
+    `postprocessing_file` says; `output_folder` must not hold outputs made otherwise (unless `overwrite`:
+    they are deleted)."""
+    min_sizes = load_min_sizes(postprocessing_file)
     files = label_map_files(input_folder)
     if not files:
         raise SDMCError(f"{input_folder}: no label maps (.png, .nii.gz, .nii)")
     if output_folder.resolve() == input_folder.resolve():
         raise SDMCError(f"{output_folder}: the output folder must differ from the input folder")
+    record = OutputRecord(COMMAND, {
+        "input": str(input_folder.resolve()), "input_made_by": made_by_of(input_folder),
+        "postprocessing_file": str(postprocessing_file.resolve()),
+        THRESHOLDS_KEY: {str(label): size for label, size in sorted(min_sizes.items())},
+    })
+    claim_output_folder(output_folder, record, overwrite)
     jobs = [(path, output_folder / name) for name, path in files.items()]
-    return list(parallel_map(functools.partial(postprocess_file, min_sizes=min_sizes), jobs, num_processes,
-                             "postprocessing"))
+    written = list(parallel_map(functools.partial(postprocess_file, min_sizes=min_sizes), jobs, num_processes,
+                                "postprocessing"))
+    write_record(output_folder, record, label_maps=len(written))
+    return written
 
 
 @console_entry
@@ -142,9 +159,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-pp", dest="postprocessing", type=Path, required=True,
                         help=f"{POSTPROCESSING_FILE} written by sdmc_find_best_configuration")
     add_num_processes_argument(parser)
+    parser.add_argument("--overwrite", action="store_true",
+                        help="in a folder made from another input or postprocessing file, delete its outputs first "
+                        "(else it is refused)")
     args = parser.parse_args(argv)
     configure_logging()
-    written = apply_postprocessing(args.input, args.output, load_min_sizes(args.postprocessing), args.num_processes)
+    written = apply_postprocessing(args.input, args.output, args.postprocessing, args.num_processes, args.overwrite)
     print(f"wrote {len(written)} postprocessed label maps to {args.output}")
     return 0
 

@@ -14,7 +14,7 @@ import torch
 
 from sdmcunet.evaluation.metrics import nanmean, slice_scores
 from sdmcunet.experiment_planning.plans import configuration
-from sdmcunet.experiment_planning.splits import SPLITS_FILE
+from sdmcunet.experiment_planning.splits import SPLITS_FILE, check_splits_format
 from sdmcunet.labels import HEMORRHAGIC, ISCHEMIC
 from sdmcunet.networks.sdmc import MaskAutoencoder
 from sdmcunet.reporting.collect import Fold, Results
@@ -85,7 +85,9 @@ def reference_masks(results: Results, fold: Fold) -> dict[str, np.ndarray]:
         raise SDMCError(f"the preprocessed dataset {results.dataset_id} (reference masks at the plans' image size) "
                         f"is not in the SDMC_preprocessed folder")
     if fold.is_cross_validation:
-        cases = read_json(preprocessed / SPLITS_FILE)[int(fold.name)]["val"]
+        splits = read_json(preprocessed / SPLITS_FILE)
+        check_splits_format(splits, preprocessed / SPLITS_FILE)
+        cases = splits[int(fold.name)]["val"]
     else:
         cases = read_json(preprocessed / "dataset_fingerprint.json")["cases"]
     data = PreprocessedCases(preprocessed / configuration(results.plans, results.configuration)["data_identifier"], cases)

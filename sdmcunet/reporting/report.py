@@ -21,7 +21,7 @@ from sdmcunet.reporting.reconstruction import reconstruction_section
 from sdmcunet.reporting.render import figure_file_name, render_html, render_markdown
 from sdmcunet.reporting.tables import crossval_table, table3, table4
 from sdmcunet.training.mask_autoencoder_source import MASK_AUTOENCODER_TRAINER
-from sdmcunet.utils.cli import configure_logging, console_entry
+from sdmcunet.utils.cli import configure_logging, console_entry, non_negative_int
 from sdmcunet.utils.files import atomic_write_bytes
 
 log = logging.getLogger("sdmcunet.reporting")
@@ -29,7 +29,7 @@ log = logging.getLogger("sdmcunet.reporting")
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="sdmc_report", description=__doc__.splitlines()[0])
-    parser.add_argument("-d", dest="dataset_id", type=int, required=True, help="dataset id, e.g. 2021")
+    parser.add_argument("-d", dest="dataset_id", type=non_negative_int, required=True, help="dataset id, e.g. 2021")
     parser.add_argument("-p", dest="plans", default="sdmcPlans", help="plans name (default sdmcPlans)")
     parser.add_argument("-c", dest="configuration", default="2d", help="configuration (default 2d)")
     parser.add_argument("-o", dest="output", type=Path, default=None,
@@ -37,10 +37,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _counted_folds(names: list[str]) -> str:
+    """"2 folds (0, 1)", "1 fold (all)", "no fold": a fold named 0 never reads as a count."""
+    if not names:
+        return "no fold"
+    return f"{len(names)} fold{'s' if len(names) > 1 else ''} ({', '.join(names)})"
+
+
 def _model_line(model: Model, results: Results) -> str:
-    finished = ", ".join(fold.name for fold in model.folds)
-    evaluated = ", ".join(fold.name for fold in model.evaluated_folds) or "none"
-    line = f"{model.trainer}: finished folds {finished}; with a validation summary {evaluated}"
+    finished = _counted_folds([fold.name for fold in model.folds])
+    evaluated = _counted_folds([fold.name for fold in model.evaluated_folds])
+    line = f"{model.trainer}: {finished} finished, {evaluated} with a validation summary"
     unevaluated = [fold.name for fold in model.folds if fold.is_cross_validation and fold.summary is None]
     if unevaluated:
         line += (f"; no validation/summary.json for fold {', '.join(unevaluated)} (make it with `sdmc_train "

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from sdmcunet.utils.errors import SDMCError
+from sdmcunet.utils.errors import OutputWriteError, SDMCError
 from sdmcunet.utils.files import atomic_output, sha256
 from sdmcunet.utils.safe_load import load_tensor_dict, safe_torch_load
 
@@ -57,7 +57,7 @@ def save_frozen_part(folder: Path, model) -> str:
             shutil.rmtree(folder)
         staging.rename(folder)
     except OSError as error:
-        raise SDMCError(f"{folder}: could not be written ({error.strerror or error})") from None
+        raise OutputWriteError(f"{folder}: could not be written ({error.strerror or error})") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return digest

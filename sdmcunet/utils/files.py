@@ -3,13 +3,12 @@
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from sdmcunet.utils.errors import SDMCError
+from sdmcunet.utils.errors import OutputWriteError, SDMCError
 
 # mkstemp creates files readable by the owner only; outputs get the usual umask-based mode.
 _UMASK = os.umask(0)
@@ -27,7 +26,7 @@ def make_folder(folder: str | os.PathLike) -> Path:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise SDMCError(f"{folder}: cannot create the folder ({error.strerror or error})") from None
+        raise OutputWriteError(f"{folder}: cannot create the folder ({error.strerror or error})") from None
     return folder
 
 
@@ -54,10 +53,17 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         temporary.unlink(missing_ok=True)
 
 
+# mkstemp's random part, and the longest file name the usual file systems take
+_RANDOM_CHARACTERS, _NAME_MAX_BYTES = 8, 255
+
+
 def _temporary_affixes(name: str) -> tuple[str, str]:
-    """Prefix and suffix of `atomic_path`'s temporary files for `name`: hidden, with its suffixes."""
-    suffix = "".join(Path(name).suffixes)
-    return f".{name.removesuffix(suffix)}.", f".part{suffix}"
+    """Prefix and suffix of `atomic_path`'s temporary files for `name`: hidden, with its suffix (a writer
+    may choose the format by it), the name cut short where the whole would exceed the file system's limit."""
+    suffix = ".nii.gz" if name.lower().endswith(".nii.gz") else Path(name).suffix
+    stem, suffix = name.removesuffix(suffix), f".part{suffix}"
+    room = _NAME_MAX_BYTES - len(f"..{suffix}".encode()) - _RANDOM_CHARACTERS
+    return f".{stem.encode()[:room].decode(errors='ignore')}.", suffix
 
 
 @contextmanager
@@ -72,9 +78,8 @@ def atomic_output(target: str | os.PathLike) -> Iterator[Path]:
         with atomic_path(target) as temporary:
             yield temporary
     except (OSError, RuntimeError) as error:
-        free = shutil.disk_usage(Path(target).parent).free
-        raise SDMCError(f"{target}: could not be written ({_failure_reason(error)}; {free / 2**30:.2f} GB free "
-                        f"on its disk); the previous file, if any, is intact") from None
+        raise OutputWriteError(f"{target}: could not be written ({_failure_reason(error)}; "
+                               f"{_disk_state(Path(target).parent)}); the previous file, if any, is intact") from None
 
 
 def _failure_reason(error: Exception) -> str:
@@ -82,6 +87,19 @@ def _failure_reason(error: Exception) -> str:
         return error.strerror
     lines = str(error).strip().splitlines()
     return lines[-1] if lines else type(error).__name__  # ITK's message ends with the reason
+
+
+def _disk_state(folder: Path) -> str:
+    """What the disk of `folder` says about a failed write (torch and ITK hide the reason itself)."""
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        stats = os.statvfs(folder)
+    except OSError:
+        return "its disk could not be inspected"
+    if stats.f_flag & os.ST_RDONLY:
+        return "its file system is read-only"
+    return f"{stats.f_bavail * stats.f_frsize / 2**30:.2f} GB free on its disk"
 
 
 def remove_unfinished_writes(folder: Path, pattern: str) -> None:

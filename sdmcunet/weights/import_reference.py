@@ -66,7 +66,7 @@ from sdmcunet.raw_dataset import find_dataset, load_dataset_json, make_dataset_j
 from sdmcunet.training.model_folder import fold_folder
 from sdmcunet.training.trainers import TRAINERS
 from sdmcunet.training.trainers.sdmc import SDMCTrainer
-from sdmcunet.utils.cli import configure_logging, console_entry
+from sdmcunet.utils.cli import configure_logging, console_entry, non_negative_int
 from sdmcunet.utils.errors import SDMCError
 from sdmcunet.utils.files import atomic_write_json, make_folder, read_json, sha256
 from sdmcunet.weights.convert import convert_unet, convert_vae, convert_vae_encoder, ensure_free_output
@@ -369,7 +369,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="the training config (model: params: ...); default: the published configuration")
     parser.add_argument("--no-ema", dest="use_ema", action="store_false",
                         help="import the training weights instead of their EMA (the reference evaluates with the EMA)")
-    parser.add_argument("-d", dest="dataset_id", type=int, metavar="DATASET_ID",
+    parser.add_argument("-d", dest="dataset_id", type=non_negative_int, metavar="DATASET_ID",
                         help="take channel names and labels from this raw dataset (default: the Stroke2021 layout of "
                         "sdmc_convert_stroke2021, channels CT and PNG)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debugging details")

@@ -10,7 +10,7 @@ from sdmcunet.training.trainers.mask_autoencoder import MaskAutoencoderTrainer
 from sdmcunet.training.trainers.sdmc import SDMCFinetunedFrozenTrainer, SDMCFinetunedTrainer, SDMCPretrainedTrainer
 from sdmcunet.utils.registry import Registry
 
-TRAINERS: Registry[Trainer] = Registry("trainer", "sdmcunet.trainers")
+TRAINERS: Registry[Trainer] = Registry("trainer", "sdmcunet.trainers", Trainer)
 for _trainer in (UNetTrainer, ResUNet34Trainer, SegResNetTrainer, SwinUNETRTrainer, MaskAutoencoderTrainer,
                  SDMCFinetunedTrainer, SDMCPretrainedTrainer, SDMCFinetunedFrozenTrainer):
     TRAINERS.register(_trainer)

@@ -19,6 +19,8 @@ from batchgenerators.dataloading.single_threaded_augmenter import SingleThreaded
 from torch import nn
 from tqdm import tqdm
 
+from sdmcunet.experiment_planning import presets
+from sdmcunet.experiment_planning.memory import MemoryModel, available_gigabytes
 from sdmcunet.experiment_planning.plans import configuration
 from sdmcunet.experiment_planning.splits import SPLITS_FILE, check_splits_format
 from sdmcunet.inference.validation import validate_fold
@@ -28,16 +30,21 @@ from sdmcunet.training.checkpoints import (
 )
 from sdmcunet.training.data_loading import PreprocessedCases, TrainingBatches, validation_batches
 from sdmcunet.training.distributed import DistributedContext, all_reduce_sum, init_distributed
+from sdmcunet.training.fold_lock import fold_lock
 from sdmcunet.training.model_folder import fold_folder, model_folder, write_model_description
 from sdmcunet.training.progress import TrainingHistory
 from sdmcunet.utils.errors import SDMCError
 from sdmcunet.utils.files import make_folder, read_json, remove_unfinished_writes
 
 log = logging.getLogger("sdmcunet.training")
+RESUMABLE = ("latest", "final")  # the checkpoints --c continues from, in this order
+# What network constructors (MONAI, diffusers, torch) raise on sizes they cannot build, or cannot allocate
+NETWORK_SIZE_ERRORS = (ValueError, TypeError, RuntimeError, AssertionError, LookupError, ArithmeticError)
 
 
 class Trainer:
     family = "baseline"  # the plans family with this trainer's sizes, batch size and schedule
+    network_name = ""  # the one network of the family's `networks` this trainer builds; "": all of them
 
     def __init__(self, plans: dict, configuration_name: str, fold: int | str, preprocessed_folder: Path,
                  device: str = "cpu", epochs: int | None = None, iterations_per_epoch: int | None = None,
@@ -125,7 +132,8 @@ class Trainer:
         """Network, optimiser and schedule. Without `initial_weights` the pretrained weights are not
         loaded: inference and `--val` read a checkpoint over them and must not need their files."""
         torch.manual_seed(self.seed)
-        network = self.build_network()
+        with self._network_sizes_checked():
+            network = self.build_network()
         if initial_weights:
             self.load_initial_weights(network)
         self.network = network.to(self.device)
@@ -138,6 +146,64 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.learning_rate_factor)
         # bfloat16 has float32's exponent range: its gradients need no loss scaling
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda" and self.amp_dtype == torch.float16)
+
+    def trained_networks(self) -> dict:
+        """The plans' sizes of the networks this trainer builds, by name."""
+        networks = self.settings["networks"]
+        return {self.network_name: networks[self.network_name]} if self.network_name else networks
+
+    def _plans_field(self, field: str) -> str:
+        """`field` of this trainer's plans family, as messages name it."""
+        return (f"plans {self.plans['plans_name']}, configuration {self.configuration_name!r}: "
+                f"families.{self.family}.{field}")
+
+    def _networks_field(self) -> str:
+        return self._plans_field(f"networks.{self.network_name}" if self.network_name else "networks")
+
+    @contextmanager
+    def _network_sizes_checked(self) -> Iterator[None]:
+        """Sizes no network can be built with (or allocated) are the plans' fault: name the field, no traceback."""
+        try:
+            yield
+        except NETWORK_SIZE_ERRORS as error:
+            reason = next(iter(str(error).strip().splitlines()), "")
+            raise SDMCError(f"{self._networks_field()}: no {type(self).__name__} network can be built with these "
+                            f"sizes ({type(error).__name__}: {reason})") from None
+
+    def memory_models(self) -> list[MemoryModel]:
+        """Memory models of the networks this trainer trains, built on PyTorch's meta device (nothing allocated)."""
+        family = self.settings | {"networks": self.trained_networks()}
+        return presets.memory_models(self.family, family, self.in_channels, max(self.config["image_size"]))
+
+    def check_memory(self) -> None:
+        """Refuse, before allocating anything, a training step that cannot fit this machine's memory: hand-edited
+        plans have no planner to keep their batch and network sizes within it."""
+        with self._network_sizes_checked():
+            models = self.memory_models()
+        available = available_gigabytes(self.device)
+        if available is None:
+            log.warning("the free memory of %s is unknown: the plans' sizes are not checked against it", self.device)
+            return
+        batch_size = self.distributed.share_of(self.settings["batch_size"])
+        mixed_precision = self.device.type == "cuda"  # float16 activations
+        if max(model.gigabytes(batch_size, mixed_precision) for model in models) > available:
+            raise SDMCError(self._too_large_for_memory(models, batch_size, available, mixed_precision))
+
+    def _too_large_for_memory(self, models: list[MemoryModel], batch_size: int, available: float,
+                              mixed_precision: bool) -> str:
+        """What does not fit: the batch (and how many images would), or the networks even for one image."""
+        memory = f"free memory on {self.device}" if mixed_precision else "available RAM"
+        beyond = f"(an estimate made on PyTorch's meta device), but this machine has {available:.1f} GB of {memory}"
+        fitting = min(model.largest_batch(available, mixed_precision) for model in models)
+        if fitting == 0:
+            needed = max(model.gigabytes(1, mixed_precision) for model in models)
+            return (f"{self._networks_field()}: training {type(self).__name__} needs about {needed:,.1f} GB even "
+                    f"for a batch of one image {beyond}; make these networks smaller")
+        needed = max(model.gigabytes(batch_size, mixed_precision) for model in models)
+        per_process = f" ({batch_size} per process)" if self.distributed.enabled else ""
+        return (f"{self._plans_field('batch_size')} = {self.settings['batch_size']}{per_process}: one training step "
+                f"of {type(self).__name__} needs about {needed:,.1f} GB {beyond}; at most "
+                f"{fitting * self.distributed.world_size} images per batch fit: lower batch_size (or the network sizes)")
 
     @property
     def amp_dtype(self) -> torch.dtype:
@@ -213,6 +279,12 @@ class Trainer:
             self._frozen_part_hashes = {name: save_frozen_part(self.output_folder / name, part)
                                         for name, part in self.frozen_parts().items()}
 
+    def _refuse_to_overwrite(self) -> None:
+        """A new training never replaces a fold's checkpoints: they are the user's results."""
+        if found := [self.checkpoint_path(kind).name for kind in RESUMABLE if self.checkpoint_path(kind).is_file()]:
+            raise SDMCError(f"{self.output_folder}: holds {' and '.join(found)} of an earlier training of this fold; "
+                            f"continue it with --c, or move the fold folder away to start over")
+
     def load(self, path: Path, weights_only: bool = False) -> None:
         self.load_state(load_checkpoint(path, type(self).__name__), path.parent, weights_only)
 
@@ -239,16 +311,38 @@ class Trainer:
         return False
 
     # --- training ----------------------------------------------------------------------------
-    def run_training(self, resume: bool = False) -> None:
+    def run_training(self, resume: bool = False, validate: bool = False,
+                     save_probabilities: bool = False) -> Path | None:
+        """Train the fold from scratch, or with `resume` from its last checkpoint; with `validate`, then predict
+        its validation cases (`final_validation`; rank 0 returns the summary's path).
+
+        Memory, network sizes and data are checked before anything is written: a training that cannot
+        start leaves no trace. The fold folder is then this training's alone until it returns."""
+        self.check_memory()
         self.initialize()
-        # The data is checked before anything is written: a training that cannot start leaves no trace.
         train_cases, val_cases = self.split()
         folder = self.preprocessed_folder / self.config["data_identifier"]
         train_data = PreprocessedCases(folder, self.training_case_ids(train_cases))
         val_data = PreprocessedCases(folder, val_cases)
+        with self.exclusive_fold_folder():
+            if not resume:
+                self._refuse_to_overwrite()
+            with self._log_file():
+                self._train(train_data, val_data, resume)
+            if validate and self.distributed.is_main:
+                return self.final_validation(save_probabilities)
+        return None
+
+    @contextmanager
+    def exclusive_fold_folder(self) -> Iterator[None]:
+        """The fold folder, created, and locked by rank 0 for the block (`fold_lock`): one training writes a
+        fold folder at a time. The other ranks of a torchrun job follow rank 0, which alone writes."""
         make_folder(self.output_folder)
-        with self._log_file():
-            self._train(train_data, val_data, resume)
+        if not self.distributed.is_main:
+            yield
+            return
+        with fold_lock(self.output_folder):
+            yield
 
     def _train(self, train_data: PreprocessedCases, val_data: PreprocessedCases, resume: bool) -> None:
         if self.distributed.is_main:
@@ -272,7 +366,7 @@ class Trainer:
         log.info("training finished after %d epochs", self.epoch)
 
     def _resume(self) -> None:
-        for kind in ("latest", "final"):
+        for kind in RESUMABLE:
             if self.checkpoint_path(kind).is_file():
                 self.load(self.checkpoint_path(kind))
                 log.info("resuming from %s at epoch %d", self.checkpoint_path(kind).name, self.epoch)

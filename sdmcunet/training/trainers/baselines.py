@@ -11,7 +11,6 @@ from sdmcunet.training.trainers.base import Trainer
 
 class BaselineTrainer(Trainer):
     family = "baseline"
-    network_name: str = ""
 
     def build_network(self) -> nn.Module:
         from monai.losses import DiceCELoss
