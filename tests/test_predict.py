@@ -1,5 +1,6 @@
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -81,6 +82,43 @@ def test_prediction_reproduces_the_folds_validation(environment, tmp_path):
         assert np.allclose(probabilities.sum(0), 1, atol=1e-2)
     record = read_json(output / predict.RUN_RECORD)
     assert record["trainer"] == "UNetTrainer" and record["folds"] == ["0"] and record["predicted"] == len(cases)
+
+
+# Written by the code before "inference builds networks, not trainers" (see `regression_predictions`): the
+# predictions of the same trainings must not change with a refactoring. On this project's CPU machines
+# they were bit-identical; here probabilities are compared to within float16 rounding and label maps
+# pixel for pixel, since other CPUs may round a trained weight's last bit differently.
+REFERENCE_PREDICTIONS = Path(__file__).parent / "data" / "predictions_before_inference_refactor.npz"
+
+
+def regression_predictions(environment, output: Path) -> dict[str, np.ndarray]:
+    """The label maps and saved probabilities of the U-Net (folds 0 and 1, mirrored too) and the SDMC model
+    (three noise draws) on fold 0's validation cases, through the command line only."""
+    output.mkdir(parents=True, exist_ok=True)
+    inputs = images_ts(environment, validation_cases(environment), output / "inputs")
+    runs = {"unet": ["-tr", "UNetTrainer", "-f", "0", "1", "--tta"],
+            "sdmc": ["-tr", "SDMCFinetunedTrainer", "-f", "0", "-num_samples", "3", "-seed", "7"]}
+    arrays = {}
+    for name, arguments in runs.items():
+        assert predict.main(["-i", str(inputs), "-o", str(output / name), "-d", "2021", *arguments,
+                             "--save_probabilities", "-np", "0"]) == 0
+        for case in validation_cases(environment):
+            arrays[f"{name}/{case}/label_map"] = read_nifti(output / name / f"{case}.nii.gz")[0]
+            with np.load(output / name / f"{case}.npz") as saved:
+                arrays.update({f"{name}/{case}/{key}": saved[key] for key in saved.files})
+    return arrays
+
+
+def test_predictions_equal_those_of_the_code_before_the_inference_refactor(environment, tmp_path):
+    reference = dict(np.load(REFERENCE_PREDICTIONS))
+    current = regression_predictions(environment, tmp_path)
+    assert current.keys() == reference.keys()
+    for key, expected in reference.items():
+        if key.endswith("label_map"):
+            np.testing.assert_array_equal(current[key], expected, err_msg=key)
+        else:
+            np.testing.assert_allclose(current[key].astype(np.float32), expected.astype(np.float32), atol=1e-3,
+                                       err_msg=key)
 
 
 def test_folds_are_averaged_and_mirroring_is_undone(environment):
