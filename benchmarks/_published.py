@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sdmcunet.experiment_planning import presets
-from sdmcunet.experiment_planning.plans import configuration, load_plans, save_plans
+from sdmcunet.experiment_planning.plans import load_plans, save_plans
+from sdmcunet.experiment_planning.plans_manager import ConfigurationManager, PlansManager
 from sdmcunet.weights.standin import (
     ldm_autoencoder_shapes, ldm_unet_shapes, standin_state_dict, write_compvis_checkpoint,
 )
@@ -53,14 +54,19 @@ def edit_plans(path: Path, batch_size: int | None = None, **schedule) -> dict:
     return plans
 
 
+def planned_configuration(plans: dict) -> ConfigurationManager:
+    """The plans' configuration the published benchmarks train, read through the typed plans."""
+    return PlansManager(plans).configuration(CONFIGURATION)
+
+
 def estimated_gigabytes(plans: dict, family_name: str, batch_size: int, network: str | None = None) -> float:
     """The planner's estimate of one mixed-precision training step's GPU memory for a family, or for one
     `network` of the baseline family (the planner fits the batch to the largest of its networks)."""
-    config = configuration(plans, CONFIGURATION)
-    family = copy.deepcopy(config["families"][family_name])
+    config = planned_configuration(plans)
+    family = copy.deepcopy(config.family(family_name).content)
     if network is not None:
         family["networks"] = {network: family["networks"][network]}
-    models = presets.memory_models(family_name, family, len(config["input_channels"]), config["image_size"][0])
+    models = presets.memory_models(family_name, family, config.num_input_channels, config.image_size)
     return max(model.gigabytes(batch_size, amp=True) for model in models)
 
 

@@ -31,6 +31,7 @@ from sdmcunet.inference.input_files import find_input_cases, read_case_channels
 from sdmcunet.inference.model_loading import load_model
 from sdmcunet.inference.predictor import PredictionOptions, export_case, prepare_case
 from sdmcunet.preprocessing.preprocessor import preprocess_image
+from sdmcunet.results.layout import FINAL_CHECKPOINT, references_folder
 
 from _synthetic import DATASET, planned_synthetic_dataset
 
@@ -49,21 +50,20 @@ def train_briefly(name: str, environment: dict) -> None:
 
 def bare_forward_seconds(model_folder: Path, images: Path) -> float:
     """Seconds per slice of the network alone, on preprocessed slices in memory, in planned batches."""
-    model = load_model(model_folder, ["0"], "checkpoint_final.pth", torch.device("cpu"))
+    model = load_model(model_folder, ["0"], FINAL_CHECKPOINT, torch.device("cpu"))
     channels = model.dataset.channel_names
-    needed = {spec["source_channel"] for spec in model.configuration["input_channels"]}
+    needed = {channel.source_channel for channel in model.configuration.input_channels}
     cases = find_input_cases(images, model.dataset, needed).cases.values()
     inputs = np.stack([preprocess_image(read_case_channels(case, len(channels))[0], model.configuration, channels,
                                         case.name)[0] for case in cases])
-    trainer = model.folds[0]
-    batch_size = model.configuration["families"][trainer.family]["batch_size"]
+    segmenter, batch_size = model.folds[0].segmenter, model.family.batch_size
     times = []
     with torch.no_grad():
-        trainer.sample_probabilities(torch.from_numpy(inputs[:batch_size]))  # warm-up
+        segmenter(torch.from_numpy(inputs[:batch_size]))  # warm-up
         for _ in range(REPEATS):
             start = time.perf_counter()
             for first in range(0, len(inputs), batch_size):
-                trainer.sample_probabilities(torch.from_numpy(inputs[first:first + batch_size]))
+                segmenter(torch.from_numpy(inputs[first:first + batch_size]))
             times.append((time.perf_counter() - start) / len(inputs))
     return min(times)
 
@@ -74,9 +74,9 @@ def per_slice_work_seconds(model_folder: Path, images: Path, output: Path) -> di
     and writing its label map. On a machine with few cores this work competes with the network."""
     torch.set_num_threads(1)
     try:
-        model = load_model(model_folder, ["0"], "checkpoint_final.pth", torch.device("cpu"))
+        model = load_model(model_folder, ["0"], FINAL_CHECKPOINT, torch.device("cpu"))
         channels = model.dataset.channel_names
-        needed = {spec["source_channel"] for spec in model.configuration["input_channels"]}
+        needed = {channel.source_channel for channel in model.configuration.input_channels}
         cases = list(find_input_cases(images, model.dataset, needed).cases.values())[:WORK_SAMPLE]
         start = time.process_time()
         prepared = [prepare_case(case, model.configuration, channels, with_display=False) for case in cases]
@@ -152,7 +152,7 @@ def main() -> None:
                              "target_overhead_at_most": TARGET_OVERHEAD,
                              "worker_cpu_seconds_per_slice": per_slice_work_seconds(
                                  model_folder, images, folder / "predictions" / name / "work")}
-        results["evaluation"] = evaluation_rates(preprocessed / "gt_segmentations",
+        results["evaluation"] = evaluation_rates(references_folder(preprocessed),
                                                  folder / "predictions" / args.trainers[0] / "labels", workers)
     print(json.dumps(results, indent=2))
 

@@ -50,9 +50,14 @@ import torch
 
 from sdmcunet.dataset_conversion.convert_stroke2021 import convert_release
 from sdmcunet.dataset_conversion.synthetic import make_synthetic_dataset
-from sdmcunet.experiment_planning.plans import configuration, load_plans
+from sdmcunet.experiment_planning.plans import SDMC_FAMILY, load_plans
+from sdmcunet.networks.sdmc import MASK_AUTOENCODER
+from sdmcunet.results import layout
+from sdmcunet.results.splits import load_splits
 
-from _published import CONFIGURATION, edit_plans, estimated_gigabytes, folder_bytes, write_standin_checkpoints
+from _published import (
+    edit_plans, estimated_gigabytes, folder_bytes, planned_configuration, write_standin_checkpoints,
+)
 from _synthetic import DATASET
 
 TRAINERS = ("MaskAutoencoderTrainer", "SDMCFinetunedTrainer", "SDMCPretrainedTrainer", "UNetTrainer")
@@ -140,7 +145,7 @@ def make_dataset(folder: Path, n_patients: int) -> dict:
 def shortest_fold(preprocessed: Path) -> tuple[int, list[str]]:
     """The fold with the fewest validation slices among those whose validation shows a lesion (the mask
     autoencoder is validated on lesion slices only), and those slices."""
-    splits = json.loads((preprocessed / "splits_final.json").read_text())
+    splits = load_splits(preprocessed)
 
     def shows_lesion(case: str) -> bool:
         return bool(json.loads((preprocessed / "sdmcPlans_2d" / f"{case}.json").read_text())["class_locations"])
@@ -154,13 +159,14 @@ def plan(environment: dict, preprocessed: Path) -> dict:
     planning = run_command("sdmc_plan_and_preprocess", "-d", "2021", "-gpu_memory_target", str(GPU_MEMORY_TARGET_GB),
                            "-np", str(os.cpu_count() or 1), environment=environment)
     plans = load_plans(preprocessed / "sdmcPlans.json")
-    config = configuration(plans, CONFIGURATION)
-    batches = {name: family["batch_size"] for name, family in config["families"].items()}
+    config = planned_configuration(plans)
+    batches = {name: config.family(name).batch_size for name in config.families}
     return {"command_seconds": round(planning.seconds, 1), "peak_rss_mib": round(planning.peak_rss_mib),
-            "gpu_memory_target_gb": GPU_MEMORY_TARGET_GB, "image_size": config["image_size"],
-            "sdmc_size_preset": config["families"]["sdmc"]["size_preset"], "planned_batch_sizes": batches,
-            "sdmc_memory_estimate_gb_at_planned_batch": round(estimated_gigabytes(plans, "sdmc", batches["sdmc"]), 2),
-            "sdmc_memory_estimate_gb_at_batch_1": round(estimated_gigabytes(plans, "sdmc", 1), 2)}
+            "gpu_memory_target_gb": GPU_MEMORY_TARGET_GB, "image_size": list(config.image_size),
+            "sdmc_size_preset": config.family(SDMC_FAMILY).size_preset, "planned_batch_sizes": batches,
+            "sdmc_memory_estimate_gb_at_planned_batch": round(
+                estimated_gigabytes(plans, SDMC_FAMILY, batches[SDMC_FAMILY]), 2),
+            "sdmc_memory_estimate_gb_at_batch_1": round(estimated_gigabytes(plans, SDMC_FAMILY, 1), 2)}
 
 
 def convert_weights(folder: Path, environment: dict) -> dict:
@@ -181,20 +187,22 @@ def convert_weights(folder: Path, environment: dict) -> dict:
 
 def train(trainer: str, fold: int, environment: dict) -> dict:
     """Two iterations of `trainer`, then the fold's validation; times, memory and checkpoint sizes."""
-    fold_folder = Path(environment["SDMC_results"]) / DATASET / f"{trainer}__sdmcPlans__2d" / f"fold_{fold}"
+    model_folder = Path(environment["SDMC_results"]) / DATASET / layout.model_folder_name(trainer, "sdmcPlans", "2d")
+    fold_folder = layout.fold_folder(model_folder, fold)
     training = run_command("sdmc_train", "2021", "2d", str(fold), "-tr", trainer, "--epochs", "1",
                            "--iterations_per_epoch", str(ITERATIONS), environment=environment,
-                           watch=fold_folder / "checkpoint_latest.pth")
+                           watch=fold_folder / layout.checkpoint_file("latest"))
     steps = training.bar_times(EPOCH_BAR)
     iterations = [round(end - begin, 2) for begin, end in zip(steps, steps[1:])]
     training_ends = training.arrival("training finished after")
     validation_ends = training.arrival(rf"^fold {fold} of ")  # run_training's last line, after the validation
-    scored = len(json.loads((fold_folder / "validation" / "summary.json").read_text())["metric_per_case"])
-    checkpoints = {f"checkpoint_{kind}": folder_bytes(fold_folder / f"checkpoint_{kind}.pth")
+    summary = layout.validation_folder(fold_folder) / layout.SUMMARY_FILE
+    scored = len(json.loads(summary.read_text())["metric_per_case"])
+    checkpoints = {f"checkpoint_{kind}": folder_bytes(fold_folder / layout.checkpoint_file(kind))
                    for kind in ("best", "final")}
     checkpoints["checkpoint_latest_while_training"] = training.watched_bytes
-    if (fold_folder / "mask_autoencoder").is_dir():
-        checkpoints["mask_autoencoder_folder"] = folder_bytes(fold_folder / "mask_autoencoder")
+    if (fold_folder / MASK_AUTOENCODER).is_dir():  # the frozen part, saved once per fold
+        checkpoints["mask_autoencoder_folder"] = folder_bytes(fold_folder / MASK_AUTOENCODER)
     return {
         "iteration_seconds": iterations, "seconds_per_iteration": iterations[-1],
         "epoch_validation_seconds": round(training.arrival(r"epoch 1: train loss") - steps[-1], 1),

@@ -22,10 +22,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sdmcunet.evaluation.evaluate_predictions import SUMMARY_FILE
-from sdmcunet.evaluation.trained_model import TrainedModel
 from sdmcunet.experiment_planning.plans import load_plans
-from sdmcunet.training.data_loading import PreprocessedCases
+from sdmcunet.inference.model_loading import load_model
+from sdmcunet.preprocessing.preprocessed_cases import PreprocessedCases
+from sdmcunet.results import layout
+from sdmcunet.results.splits import fold_cases
+from sdmcunet.results.trained_model import TrainedModel
 from sdmcunet.training.trainers import TRAINERS
 
 from _synthetic import (
@@ -36,7 +38,7 @@ from _synthetic import (
 def train(name: str, preprocessed: Path, environment: dict, epochs: int | None = None) -> dict:
     minutes = run_minutes("sdmc_train", "2021", "2d", "0", "-tr", name, *(["--epochs", str(epochs)] if epochs else []),
                           environment=environment)
-    summary_path = TrainedModel(2021, preprocessed, name, "sdmcPlans", "2d").validation_folder(0) / SUMMARY_FILE
+    summary_path = TrainedModel.find(2021, name, "sdmcPlans", "2d").fold(0).validation / layout.SUMMARY_FILE
     return {"minutes": round(minutes, 2), "stroke2021": read_stroke2021(summary_path),
             "mean_dice_95ci_over_patients": patient_interval(summary_path, Path(environment["SDMC_raw"]) / DATASET)}
 
@@ -46,33 +48,34 @@ def epochs_for(name: str, preprocessed: Path, minutes: float) -> int:
     trainer = TRAINERS.get(name)(load_plans(preprocessed / "sdmcPlans.json"), "2d", 0, preprocessed, "cpu")
     trainer.initialize()
     train_cases, _ = trainer.split()
-    batches = trainer._training_batches(PreprocessedCases(preprocessed / trainer.config["data_identifier"], train_cases))
+    batches = trainer._training_batches(PreprocessedCases(preprocessed / trainer.configuration.data_identifier,
+                                                          train_cases))
     batch = next(batches)
     trainer.train_step(batch)
     start = time.perf_counter()
     for _ in range(5):
         trainer.train_step(batch)
-    epoch_seconds = (time.perf_counter() - start) / 5 * trainer.schedule["iterations_per_epoch"] * 1.15  # + validation
+    epoch_seconds = (time.perf_counter() - start) / 5 * trainer.schedule.iterations_per_epoch * 1.15  # + validation
     return max(1, int(minutes * 60 // epoch_seconds))
 
 
 def inference_seconds(preprocessed: Path, n_slices: int = 8) -> tuple[float, float]:
-    trainer = TRAINERS.get("SDMCFinetunedTrainer")(load_plans(preprocessed / "sdmcPlans.json"), "2d", 0, preprocessed, "cpu")
-    trainer.initialize(initial_weights=False)
-    trainer.load(trainer.checkpoint_path("final"), weights_only=True)
-    trainer.network.eval()
-    _, val_cases = trainer.split()
-    cases = PreprocessedCases(preprocessed / trainer.config["data_identifier"], val_cases)
-    images = [torch.from_numpy(np.asarray(cases.image(case))[None].astype(np.float32)) for case in val_cases[:n_slices]]
-    diffusion = trainer.settings["diffusion"]
-    trainer.module.segment(images[0], denoiser=trainer.ema.module)  # warm-up
-    start = time.perf_counter()
-    for image in images:
-        trainer.module.segment(image, denoiser=trainer.ema.module)
-    one_step = (time.perf_counter() - start) / len(images)
-    start = time.perf_counter()
-    for image in images:
-        trainer.module.segment_multistep(image, 50, diffusion, eta=1.0, denoiser=trainer.ema.module)
+    """Seconds per slice of the trained fold-0 model (EMA weights, as `sdmc_predict` loads it)."""
+    model = TrainedModel.find(2021, "SDMCFinetunedTrainer", "sdmcPlans", "2d")
+    loaded = load_model(model.folder, ["0"], layout.FINAL_CHECKPOINT, torch.device("cpu"))
+    sdmc = loaded.folds[0].segmenter.model
+    cases = PreprocessedCases(preprocessed / loaded.configuration.data_identifier, fold_cases(preprocessed, 0)["val"])
+    images = [torch.from_numpy(np.asarray(cases.image(case))[None].astype(np.float32))
+              for case in cases.case_ids[:n_slices]]
+    with torch.no_grad():
+        sdmc.segment(images[0])  # warm-up
+        start = time.perf_counter()
+        for image in images:
+            sdmc.segment(image)
+        one_step = (time.perf_counter() - start) / len(images)
+        start = time.perf_counter()
+        for image in images:
+            sdmc.segment_multistep(image, 50, loaded.family.diffusion, eta=1.0)
     return one_step, (time.perf_counter() - start) / len(images)
 
 

@@ -25,9 +25,11 @@ from pathlib import Path
 
 import torch
 
-from sdmcunet.evaluation.evaluate_predictions import SUMMARY_FILE, crossval_summary_path
-from sdmcunet.evaluation.trained_model import TrainedModel
+from sdmcunet.evaluation.evaluate_predictions import crossval_summary_path
 from sdmcunet.experiment_planning.plans import load_plans
+from sdmcunet.preprocessing.preprocessed_cases import PreprocessedCases
+from sdmcunet.results.layout import SUMMARY_FILE
+from sdmcunet.results.trained_model import TrainedModel
 from sdmcunet.training.trainers import TRAINERS
 
 from _synthetic import QUALITY_PATIENTS, patient_interval, planned_synthetic_dataset, read_stroke2021, run_minutes
@@ -104,11 +106,11 @@ def main() -> None:
         batch = next(trainer._training_batches(trainer_cases(trainer)))
         trainer_seconds, bare_seconds = step_times(trainer, batch)
         schedule = trainer.schedule
-        epoch_seconds = trainer_seconds * schedule["iterations_per_epoch"] * 1.1  # + validation
+        epoch_seconds = trainer_seconds * schedule.iterations_per_epoch * 1.1  # + validation
         epochs = max(1, int(args.minutes * 60 // epoch_seconds))
-        model = TrainedModel(2021, preprocessed, "UNetTrainer", "sdmcPlans", "2d")
         training_minutes = [run_minutes("sdmc_train", "2021", "2d", str(fold), "-tr", "UNetTrainer", "--epochs",
                                         str(epochs), environment=environment) for fold in args.folds]
+        model = TrainedModel(TrainedModel.find(2021, "UNetTrainer", "sdmcPlans", "2d").folder, preprocessed)
         fold_means = {fold: round(read_stroke2021(model.validation_folder(fold) / SUMMARY_FILE)["DSC"]["Mean"], 4)
                       for fold in args.folds}
         if len(args.folds) > 1:  # one fold's validation summary was written by its training
@@ -118,14 +120,15 @@ def main() -> None:
         stroke = read_stroke2021(summary_path)
         interval = patient_interval(summary_path, folder / "raw" / preprocessed.name)
     print(json.dumps({
-        "cpus": os.cpu_count(), "batch_size": trainer.settings["batch_size"], "image_size": trainer.config["image_size"],
+        "cpus": os.cpu_count(), "batch_size": trainer.family_settings.batch_size,
+        "image_size": list(trainer.configuration.image_size),
         "loader_workers": workers,
         "loader_augmented_batches_per_second": round(loader_batches_per_second, 2),
         "training_steps_per_second": round(1 / trainer_seconds, 2),
         "loader_is_bottleneck": loader_batches_per_second < 1 / trainer_seconds,
         "trainer_step_seconds": round(trainer_seconds, 4), "bare_loop_step_seconds": round(bare_seconds, 4),
         "trainer_overhead": round(trainer_seconds / bare_seconds - 1, 4), "target_overhead_at_most": TARGET_OVERHEAD,
-        "unet_folds": args.folds, "unet_epochs": epochs, "unet_iterations": epochs * schedule["iterations_per_epoch"],
+        "unet_folds": args.folds, "unet_epochs": epochs, "unet_iterations": epochs * schedule.iterations_per_epoch,
         "unet_training_minutes_including_validation": [round(minutes, 2) for minutes in training_minutes],
         "unet_validation_dice": stroke["DSC"], "unet_validation_n_slices": stroke["n_slices"],
         "unet_validation_mean_dice_95ci_over_patients": interval,
@@ -134,11 +137,9 @@ def main() -> None:
     }, indent=2))
 
 
-def trainer_cases(trainer):
-    from sdmcunet.training.data_loading import PreprocessedCases
-
+def trainer_cases(trainer) -> PreprocessedCases:
     train_cases, _ = trainer.split()
-    return PreprocessedCases(trainer.preprocessed_folder / trainer.config["data_identifier"], train_cases)
+    return PreprocessedCases(trainer.preprocessed_folder / trainer.configuration.data_identifier, train_cases)
 
 
 if __name__ == "__main__":

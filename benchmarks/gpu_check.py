@@ -65,19 +65,24 @@ from sdmcunet.dataset_conversion.phantom import draw_patient, render_slice
 from sdmcunet.experiment_planning import presets
 from sdmcunet.experiment_planning.fingerprint import FINGERPRINT_FILE, intensity_statistics
 from sdmcunet.experiment_planning.plan_and_preprocess import gpu_memory_target, plan_experiment
-from sdmcunet.experiment_planning.plans import configuration, save_plans, validate_plans
+from sdmcunet.experiment_planning.plans import (
+    BASELINE_FAMILY, MASK_AUTOENCODER_FAMILY, SDMC_FAMILY, save_plans, validate_plans,
+)
 from sdmcunet.experiment_planning.splits import SPLITS_FILE, make_splits
 from sdmcunet.labels import HEMORRHAGIC, ISCHEMIC
 from sdmcunet.preprocessing.geometry import label_to_network
 from sdmcunet.preprocessing.preprocessor import _class_locations, preprocess_image
-from sdmcunet.training.data_loading import PreprocessedCases
+from sdmcunet.preprocessing.preprocessed_cases import PreprocessedCases
+from sdmcunet.results import layout
 from sdmcunet.training.trainers import TRAINERS
 from sdmcunet.training.trainers.base import Trainer
 from sdmcunet.utils.cli import configure_logging
 from sdmcunet.utils.files import atomic_write_json
 from sdmcunet.weights.convert import convert_checkpoint
 
-from _published import CONFIGURATION, UNET_NAME, VAE_NAME, edit_plans, estimated_gigabytes, write_standin_checkpoints
+from _published import (
+    CONFIGURATION, UNET_NAME, VAE_NAME, edit_plans, estimated_gigabytes, planned_configuration, write_standin_checkpoints,
+)
 
 DATASET_ID, DATASET = 2021, "Dataset2021_Stroke2021"
 DATASET_JSON = {"channel_names": {"0": "PNG"}, "labels": {"background": 0, "ischemic": 1, "hemorrhagic": 2},
@@ -153,18 +158,18 @@ def with_tiny_networks(plans: dict) -> dict:
     """--tiny: the "tiny" SDMC sizes, loading stand-ins by the published names, and the CPU plan's U-Net."""
     config = plans["configurations"][CONFIGURATION]
     families = presets.with_sdmc_size(config["families"], "tiny")
-    for family in ("sdmc", "mask_autoencoder"):
+    for family in (SDMC_FAMILY, MASK_AUTOENCODER_FAMILY):
         families[family]["networks"]["autoencoder"]["pretrained"] = VAE_NAME
-    families["sdmc"]["networks"]["denoiser"]["pretrained"] = UNET_NAME
-    families["baseline"]["networks"] = presets.cpu_families()["baseline"]["networks"]
+    families[SDMC_FAMILY]["networks"]["denoiser"]["pretrained"] = UNET_NAME
+    families[BASELINE_FAMILY]["networks"] = presets.cpu_families()[BASELINE_FAMILY]["networks"]
     config["families"] = families
     return plans
 
 
 def write_preprocessed(slices: dict[str, PhantomSlice], plans: dict, preprocessed: Path) -> None:
     """The arrays and properties `sdmc_preprocess` writes, made from the phantoms in memory."""
-    config = configuration(plans, CONFIGURATION)
-    folder = preprocessed / config["data_identifier"]
+    config = planned_configuration(plans)
+    folder = preprocessed / config.data_identifier
     folder.mkdir()
     for seed, (case, item) in enumerate(slices.items()):
         inputs, geometry = preprocess_image(item.grey[None], config, CHANNEL_NAMES, case)
@@ -251,7 +256,7 @@ def train(name: str, plans: dict, preprocessed: Path, iterations: int, options: 
 
 def with_amp_dtype(plans: dict, dtype: str) -> dict:
     plans = copy.deepcopy(plans)
-    plans["configurations"][CONFIGURATION]["families"]["sdmc"]["schedule"]["amp_dtype"] = dtype
+    plans["configurations"][CONFIGURATION]["families"][SDMC_FAMILY]["schedule"]["amp_dtype"] = dtype
     validate_plans(plans, Path(f"<plans with amp_dtype {dtype}>"))
     return plans
 
@@ -260,9 +265,9 @@ def bare_loop(trainer: Trainer, images: torch.Tensor, labels: torch.Tensor) -> C
     """One step of the same SDMCSeg as plain PyTorch: AdamW, autocast, scaler, clipping, EMA."""
     model, schedule, cuda = trainer.module, trainer.schedule, trainer.device.type == "cuda"
     trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=schedule["learning_rate"], weight_decay=schedule["weight_decay"])
+    optimizer = torch.optim.AdamW(trainable, lr=schedule.learning_rate, weight_decay=schedule.weight_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=cuda and trainer.amp_dtype == torch.float16)
-    ema = AveragedModel(model.denoiser, multi_avg_fn=get_ema_multi_avg_fn(schedule["ema_decay"]), use_buffers=True)
+    ema = AveragedModel(model.denoiser, multi_avg_fn=get_ema_multi_avg_fn(schedule.ema_decay), use_buffers=True)
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
@@ -270,7 +275,7 @@ def bare_loop(trainer: Trainer, images: torch.Tensor, labels: torch.Tensor) -> C
             loss = model(images, labels)
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
-        nn.utils.clip_grad_norm_(trainable, schedule["grad_clip"])
+        nn.utils.clip_grad_norm_(trainable, schedule.grad_clip)
         scaler.step(optimizer)
         scaler.update()
         ema.update_parameters(model.denoiser)
@@ -296,7 +301,7 @@ def seconds_per_call(call: Callable[[], object], repeats: int, device: torch.dev
 def one_batch(trainer: Trainer) -> dict:
     """A training batch made in this process, on the trainer's device."""
     train_cases, _ = trainer.split()
-    cases = PreprocessedCases(trainer.preprocessed_folder / trainer.config["data_identifier"],
+    cases = PreprocessedCases(trainer.preprocessed_folder / trainer.configuration.data_identifier,
                               trainer.training_case_ids(train_cases))
     trainer.num_loader_workers = 0
     batch = next(trainer._training_batches(cases))
@@ -318,9 +323,9 @@ def step_comparison(trainer: Trainer, scale: Scale) -> dict:
 def segmentation_speed(trainer: Trainer, scale: Scale) -> dict:
     """Seconds per call of one step and of 50-step DDIM at batch 1 and at the throughput batch, under the
     trainer's autocast, as inference runs them."""
-    model, denoiser, diffusion = trainer.module.eval(), trainer.ema.module, trainer.settings["diffusion"]
+    model, denoiser, diffusion = trainer.module.eval(), trainer.ema.module, trainer.family_settings.diffusion
     _, val_cases = trainer.split()
-    cases = PreprocessedCases(trainer.preprocessed_folder / trainer.config["data_identifier"], val_cases)
+    cases = PreprocessedCases(trainer.preprocessed_folder / trainer.configuration.data_identifier, val_cases)
     images = np.stack([cases.image(val_cases[index % len(val_cases)]) for index in range(scale.throughput_batch)])
     images = torch.from_numpy(images.astype(np.float32)).to(trainer.device)
     timings = {}
@@ -350,9 +355,9 @@ def torchrun_training(scale: Scale) -> dict:
     start = time.perf_counter()
     completed = subprocess.run([sys.executable, "-m", "torch.distributed.run", *arguments], capture_output=True,
                                text=True)
-    fold = paths.results_root() / DATASET / "MaskAutoencoderTrainer__sdmcPlans__2d" / f"fold_{FOLD}"
+    fold = layout.fold_folder(layout.model_folder(DATASET, "MaskAutoencoderTrainer", "sdmcPlans", CONFIGURATION), FOLD)
     finished = completed.returncode == 0 and all(
-        (fold / name).is_file() for name in ("checkpoint_final.pth", "validation/summary.json"))
+        path.is_file() for path in (fold / layout.FINAL_CHECKPOINT, layout.validation_folder(fold) / layout.SUMMARY_FILE))
     record = {"command": "torchrun " + " ".join(arguments), "seconds": round(time.perf_counter() - start, 1),
               "exit_code": completed.returncode, "finished": finished}
     if not finished:
@@ -391,8 +396,8 @@ def speedup_goal(single_seconds: float, ddim_seconds: float, what: str) -> dict:
 
 def sdmc_check(dtype: str, plans: dict, preprocessed: Path, scale: Scale, report: dict) -> None:
     """The fine-tuned SDMC trainer with one AMP precision; after float16 (inference's), the inference speed."""
-    batch = configuration(plans, CONFIGURATION)["families"]["sdmc"]["batch_size"]
-    estimate = estimated_gigabytes(plans, "sdmc", batch)
+    batch = planned_configuration(plans).family(SDMC_FAMILY).batch_size
+    estimate = estimated_gigabytes(plans, SDMC_FAMILY, batch)
     run = train("SDMCFinetunedTrainer", with_amp_dtype(plans, dtype), preprocessed, scale.iterations,
                 {"mask_autoencoder": paths.weights_root() / VAE_NAME})
     steps = step_comparison(run["trainer"], scale)
@@ -419,9 +424,9 @@ def segmentation_check(trainer: Trainer, scale: Scale, report: dict) -> None:
 
 
 def unet_check(plans: dict, preprocessed: Path, scale: Scale, report: dict) -> None:
-    batch = configuration(plans, CONFIGURATION)["families"]["baseline"]["batch_size"]
+    batch = planned_configuration(plans).family(BASELINE_FAMILY).batch_size
     run = train("UNetTrainer", plans, preprocessed, scale.iterations)
-    estimate = estimated_gigabytes(plans, "baseline", batch, network="UNet")
+    estimate = estimated_gigabytes(plans, BASELINE_FAMILY, batch, network="UNet")
     report["unet"] = {"batch_size": batch, "iterations": scale.iterations, "training_seconds": round(run["seconds"], 1),
                       "peak_gpu_memory_gb": run["peak_gb"], "planner_estimate_gb": round(estimate, 2),
                       "seconds_per_iteration_in_training": round(run["iteration"], 4)}
@@ -464,13 +469,13 @@ def main() -> None:
         preprocessed, plans, target = planned_dataset(scale, args.tiny)
         convert_standins(folder, scale.sdmc_size)
         stages["data_plans_weights"] = time.perf_counter() - started
-        config = configuration(plans, CONFIGURATION)
+        config = planned_configuration(plans)
         report = {
             "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu (--tiny rehearsal)",
             "torch": torch.__version__, "scale": "tiny" if args.tiny else "published",
-            "plan": {"gpu_memory_target_gb": target, "image_size": config["image_size"],
-                     "sdmc_size_preset": config["families"]["sdmc"]["size_preset"],
-                     "batch_sizes": {name: family["batch_size"] for name, family in config["families"].items()}},
+            "plan": {"gpu_memory_target_gb": target, "image_size": list(config.image_size),
+                     "sdmc_size_preset": config.family(SDMC_FAMILY).size_preset,
+                     "batch_sizes": {name: config.family(name).batch_size for name in config.families}},
             "goals": {}, "sdmc": {}, "errors": {},
         }
         checks = {f"sdmc_{dtype}": functools.partial(sdmc_check, dtype, plans, preprocessed, scale, report)

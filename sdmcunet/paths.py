@@ -1,7 +1,7 @@
 """The four folders every command reads from and writes to.
 
 Each can be set by an environment variable; without one the folder is relative to the current
-working directory, so the commands work with no set-up at all (DESIGN §1).
+working directory, so the commands work with no set-up at all (docs/design.md §1).
 """
 
 import os

@@ -1,4 +1,4 @@
-"""The raw dataset contract (DESIGN §3): nnU-Net v2 folder, file names and `dataset.json`.
+"""The raw dataset contract (docs/design.md §3): nnU-Net v2 folder, file names and `dataset.json`.
 
 A raw dataset lives in `<raw root>/Dataset{id:03d}_{Name}/` with `imagesTr/{case}_{channel:04d}
 {file_ending}`, `labelsTr/{case}{file_ending}` and a `dataset.json`; nnU-Net v2 reads ours and
@@ -15,6 +15,7 @@ from sdmcunet.imageio import grey_channel, read_nifti, read_png
 from sdmcunet.utils.errors import SDMCError
 from sdmcunet.utils.files import read_json
 
+DATASET_FILE = "dataset.json"  # of a raw dataset; preprocessed datasets and model folders keep a copy
 REQUIRED_KEYS = ("channel_names", "labels", "numTraining", "file_ending")
 _FOLDER_PATTERN = re.compile(r"^Dataset(\d+)_(.+)$")
 FILE_ENDING_PATTERN = re.compile(r"\.[A-Za-z0-9]+(\.[A-Za-z0-9]+)*")
@@ -101,7 +102,7 @@ class DatasetJson:
 
 def load_dataset_json(folder: Path) -> DatasetJson:
     """Read and check `dataset.json` of a raw dataset folder."""
-    path = folder / "dataset.json"
+    path = folder / DATASET_FILE
     content = read_json(path)
     missing = [key for key in REQUIRED_KEYS if key not in content]
     if missing:

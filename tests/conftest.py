@@ -14,26 +14,25 @@ from hypothesis import HealthCheck, settings
 # tries the same inputs; `pytest --hypothesis-profile=long tests/test_fuzz.py` tries many more, with
 # a random seed each run and the example database in .hypothesis/ to replay what it found.
 _FUZZ = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large]}
-settings.register_profile("ci", max_examples=200, derandomize=True, database=None, **_FUZZ)
+settings.register_profile("ci", max_examples=100, derandomize=True, database=None, **_FUZZ)
 settings.register_profile("long", max_examples=3000, **_FUZZ)
 settings.load_profile("ci")
 
 
 def pytest_addoption(parser):
-    parser.addoption("--fault-trials", type=int, default=20, metavar="N",
-                     help="tests/test_faults.py: SIGKILL trials of training (default 20, the CI setting); "
+    parser.addoption("--fault-trials", type=int, default=9, metavar="N",
+                     help="tests/test_faults.py: SIGKILL trials of training (default 9, the CI setting; 100 for a long run); "
                      "preprocessing and prediction get N // 3 each, at least 3")
 
 
-# CI clones the repository with the project's shared/ folder beside it.
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-REAL_SAMPLES = SHARED / "real_samples" / "teknofest2021"
+# Four real TEKNOFEST-2021 slices (PNG and OVERLAY), kept in the repository; see their README.md.
+REAL_SAMPLES = Path(__file__).resolve().parent / "data" / "teknofest2021"
 
 
 @pytest.fixture(scope="session")
 def real_samples() -> Path:
     if not REAL_SAMPLES.is_dir():
-        pytest.fail(f"the real TEKNOFEST samples are expected in {REAL_SAMPLES} (shared/ beside the repository)")
+        pytest.fail(f"the real TEKNOFEST samples are missing: expected in {REAL_SAMPLES}")
     return REAL_SAMPLES
 
 

@@ -45,7 +45,7 @@ from sdmcunet.postprocessing import remove_small_components
 from sdmcunet.raw_dataset import make_dataset_json
 from sdmcunet.reporting import report
 from sdmcunet.training import run_training
-from sdmcunet.training.checkpoints import load_checkpoint, save_checkpoint
+from sdmcunet.results.checkpoints import load_checkpoint, save_checkpoint
 from sdmcunet.utils.files import atomic_write_json
 from sdmcunet.weights import convert as convert_weights
 from sdmcunet.weights import download as download_weights
@@ -460,6 +460,8 @@ PLANS_EDITS = {  # a field of the wrong JSON type: (edit of the plans, what the 
                                            "image_size must be two positive multiples of 32"),
     "attention at latent sizes (not LDM's rates)": (
         lambda plans: edit_denoiser(plans, attention_resolutions=[16]), "attention_resolutions are LDM's downsampling"),
+    "unknown baseline loss": (lambda plans: edit_family(plans, loss="focal"),
+                              "families.baseline: loss must be one of ('dice_ce', 'dice', 'ce'), got 'focal'"),
 }
 
 

@@ -11,7 +11,7 @@ from test_metrics import one_hot, random_batch
 
 from sdmcunet.evaluation.evaluate_predictions import main as evaluate
 from sdmcunet.evaluation.evaluate_predictions import score_pair
-from sdmcunet.evaluation.trained_model import CasePair
+from sdmcunet.results.trained_model import CasePair
 from sdmcunet.labels import HEMORRHAGIC, ISCHEMIC
 from sdmcunet.utils.cli import EXIT_USER_ERROR
 

@@ -5,10 +5,10 @@ uninterrupted run does.
 Kill points come from seeded generators, so every run of this file tries the same ones (those
 given in seconds land where the machine's speed puts them). They come in chains: a command is
 killed, run again and killed again several times, then run to the end. `--fault-trials N` sets
-the number of kill points in training (default 20, quick enough for CI); preprocessing and
-prediction get N // 3 each, at least 3. Commands run in processes forked from a warm server
-(`fault_injection.py`), so that a trial costs the command's own work rather than the seconds of
-importing torch.
+the number of kill points in training (default 9, quick enough for CI; `--fault-trials 100`
+for a long run); preprocessing and prediction get N // 3 each, at least 3. Commands run in
+processes forked from a warm server (`fault_injection.py`), so that a trial costs the command's
+own work rather than the seconds of importing torch.
 """
 
 import errno
@@ -43,7 +43,7 @@ from sdmcunet.imageio import read_png, write_label_map
 from sdmcunet.imageio.label_map_folders import label_map_files, read_label_map
 from sdmcunet.inference import predict
 from sdmcunet.training import run_training
-from sdmcunet.training.checkpoints import load_checkpoint, save_checkpoint
+from sdmcunet.results.checkpoints import load_checkpoint, save_checkpoint
 from sdmcunet.training.fold_lock import LOCK_FILE, fold_lock
 from sdmcunet.training.trainers.base import Trainer
 from sdmcunet.utils.errors import SDMCError

@@ -20,6 +20,7 @@ from sdmcunet.imageio import read_png, write_label_map
 from sdmcunet.inference import predict
 from sdmcunet.inference.model_loading import load_model
 from sdmcunet.raw_dataset import make_dataset_json
+from sdmcunet.results.checkpoints import load_checkpoint
 from sdmcunet.reporting import report
 from sdmcunet.utils.errors import SDMCError
 from sdmcunet.utils.files import sha256
@@ -74,9 +75,16 @@ def assert_same(module_state: dict[str, torch.Tensor], expected: dict[str, torch
 
 
 def loaded(folder: Path):
-    """The fold-all trainer of a model folder, loaded as sdmc_predict loads it."""
+    """The fold-all network of a model folder as sdmc_predict loads it (EMA denoiser), and its checkpoint."""
     model = load_model(folder, ["all"], "checkpoint_final.pth", torch.device("cpu"))
-    return model, model.folds[0]
+    checkpoint = load_checkpoint(folder / "fold_all" / "checkpoint_final.pth")
+    return model, model.folds[0].segmenter.model, checkpoint
+
+
+def checkpoint_denoiser(checkpoint: dict) -> dict[str, torch.Tensor]:
+    """The training (non-EMA) denoiser weights a checkpoint keeps for continued training."""
+    return {name.removeprefix("denoiser."): value for name, value in checkpoint["network"].items()
+            if name.startswith("denoiser.")}
 
 
 def test_import_carries_every_weight_over_the_ema_by_default(tmp_path, capsys):
@@ -89,20 +97,19 @@ def test_import_carries_every_weight_over_the_ema_by_default(tmp_path, capsys):
     assert "SDMCFinetunedTrainer imported" in capsys.readouterr().out
 
     assert sorted(path.name for path in output.iterdir()) == ["dataset.json", "fold_all", IMPORT_RECORD, "plans.json"]
-    model, trainer = loaded(output)
-    network = trainer.module
-    sizes = configuration(model.plans, "2d")["families"]["sdmc"]["networks"]["denoiser"]
-    assert_same(trainer.ema.module.state_dict(), convert_unet(ema_unet(state), IMAGE_SIZE // 8, sizes).state_dict())
-    assert_same(network.denoiser.state_dict(), convert_unet(training_unet(state), IMAGE_SIZE // 8, sizes).state_dict())
+    model, network, saved = loaded(output)
+    sizes = model.configuration.family("sdmc").networks["denoiser"]
+    assert_same(network.denoiser.state_dict(), convert_unet(ema_unet(state), IMAGE_SIZE // 8, sizes).state_dict())
+    assert_same(checkpoint_denoiser(saved), convert_unet(training_unet(state), IMAGE_SIZE // 8, sizes).state_dict())
     # conv_in reads 8 channels in both: carried over unchanged, not widened
-    assert torch.equal(trainer.ema.module.conv_in.weight, state["model_ema.diffusion_modelinput_blocks00weight"])
+    assert torch.equal(network.denoiser.conv_in.weight, state["model_ema.diffusion_modelinput_blocks00weight"])
     assert_same(network.mask_autoencoder.state_dict(), convert_vae(state).state_dict())
     assert torch.equal(network.image_encoder.encoder.conv_in.weight, state["cond_stage_model.encoder.conv_in.weight"])
     assert torch.equal(network.image_encoder.encoder.conv_out.weight, state["cond_stage_model.encoder.conv_out.weight"])
     assert torch.equal(network.image_encoder.projection.weight, state["cond_stage_model.out.weight"])
     assert torch.equal(network.alphas_cumprod, state["alphas_cumprod"])
     assert network.scale_factor.item() == state["scale_factor"].item()
-    assert int(trainer.ema.n_averaged) == int(state["model_ema.num_updates"])
+    assert int(saved["extra"]["ema"]["n_averaged"]) == int(state["model_ema.num_updates"])
 
 
 def test_model_folder_plans_and_provenance(tmp_path):
@@ -143,11 +150,11 @@ def test_no_ema_imports_the_training_weights_in_both_slots(tmp_path):
     output = tmp_path / "model"
     assert run_import(checkpoint, output, "--config", str(reference_config(tmp_path / "c.yaml")), "--no-ema") == 0
 
-    model, trainer = loaded(output)
-    sizes = configuration(model.plans, "2d")["families"]["sdmc"]["networks"]["denoiser"]
+    model, network, saved = loaded(output)
+    sizes = model.configuration.family("sdmc").networks["denoiser"]
     expected = convert_unet(training_unet(state), IMAGE_SIZE // 8, sizes).state_dict()
-    assert_same(trainer.ema.module.state_dict(), expected)
-    assert_same(trainer.module.denoiser.state_dict(), expected)
+    assert_same(network.denoiser.state_dict(), expected)
+    assert_same(checkpoint_denoiser(saved), expected)
     record = json.loads((output / IMPORT_RECORD).read_text())
     assert record["weights"].startswith("training") and record["ema"] is None
 

@@ -12,8 +12,9 @@ from sdmcunet.experiment_planning import plan_and_preprocess as pp
 from sdmcunet.experiment_planning.fingerprint import SAMPLING_SEED
 from sdmcunet.experiment_planning.planners import PLANNERS, SDMCPlanner
 from sdmcunet.experiment_planning.plans import configuration, load_plans, save_plans, validate_plans
+from sdmcunet.experiment_planning.plans_manager import PlansManager
 from sdmcunet.experiment_planning.splits import check_splits, make_splits, move_holdout, patient_of_each_case
-from sdmcunet.preprocessing.geometry import Geometry, label_map_to_original
+from sdmcunet.preprocessing.geometry import Geometry, label_map_to_original, label_to_network, plan_geometry
 from sdmcunet.raw_dataset import load_dataset_json, read_raw_image, training_cases
 from sdmcunet.utils.errors import SDMCError
 from sdmcunet.utils.files import read_json
@@ -233,14 +234,17 @@ def test_preprocessing_then_inverse_mapping_restores_the_labels(dirs):
     assert intersection / union > 0.85  # resampled to the plan's size and back
 
 
-def test_geometry_roundtrip_is_exact_without_resizing():
+@pytest.mark.parametrize("size,padding", [((50, 50), (0, 0, 5, 5)), ((50, 40), (0, 0, 0, 0)),
+                                          ((60, 40), (5, 5, 0, 0))])
+def test_geometry_roundtrip_is_exact_without_resizing(size, padding):
+    """The 50 x 40 crop is padded (centred) to the aspect ratio of the network's (rows, columns) input."""
     rng = np.random.default_rng(0)
     label_map = np.zeros((70, 50), dtype=np.uint8)
     label_map[10:60, 5:45] = rng.integers(0, 3, size=(50, 40))
-    from sdmcunet.preprocessing.geometry import label_to_network, plan_geometry
-
-    geometry = plan_geometry(label_map.shape, (10, 60, 5, 45), size=50)  # the crop is 50 x 40: padded to 50 x 50
+    geometry = plan_geometry(label_map.shape, (10, 60, 5, 45), size=size)
+    assert geometry.padding == padding and geometry.network_shape == size
     network = label_to_network(label_map.astype(np.int64), geometry, 3)
+    assert network.shape == size
     np.testing.assert_array_equal(label_map_to_original(network, geometry, 3), label_map)
 
 
@@ -249,7 +253,7 @@ def test_preprocessing_skips_up_to_date_cases_and_redoes_changed_ones(dirs):
     data = preprocessed / "sdmcPlans_2d"
     dataset = load_dataset_json(raw)
     cases = training_cases(raw, dataset)
-    config = configuration(load_plans(preprocessed / "sdmcPlans.json"), "2d")
+    config = PlansManager.load(preprocessed / "sdmcPlans.json").configuration("2d")
     from sdmcunet.preprocessing.preprocessor import preprocess_dataset
 
     run = lambda: preprocess_dataset(cases, data, preprocessed / "gt_segmentations", config, dataset.channel_names, 3)

@@ -13,7 +13,7 @@ from sdmcunet.inference import predict
 from sdmcunet.inference.model_loading import load_model
 from sdmcunet.inference.predictor import PredictionOptions, Predictor
 from sdmcunet.preprocessing.preprocessor import preprocess_image
-from sdmcunet.training.trainers import TRAINERS
+from sdmcunet.training.trainers import TRAINERS, Trainer
 from sdmcunet.utils.errors import SDMCError
 from sdmcunet.utils.files import read_json
 
@@ -110,27 +110,45 @@ def regression_predictions(environment, output: Path) -> dict[str, np.ndarray]:
 
 
 def test_predictions_equal_those_of_the_code_before_the_inference_refactor(environment, tmp_path):
+    """Bit-identical to the outputs saved by the code before inference built networks instead of trainers.
+
+    The saved outputs carry one deliberate fix made with the refactor: the SDMC trainer's EMA denoiser
+    is in eval mode (it ran in train mode before, so plans with dropout dropped out at inference)."""
     reference = dict(np.load(REFERENCE_PREDICTIONS))
     current = regression_predictions(environment, tmp_path)
     assert current.keys() == reference.keys()
     for key, expected in reference.items():
-        if key.endswith("label_map"):
-            np.testing.assert_array_equal(current[key], expected, err_msg=key)
-        else:
-            np.testing.assert_allclose(current[key].astype(np.float32), expected.astype(np.float32), atol=1e-3,
-                                       err_msg=key)
+        assert current[key].dtype == expected.dtype, key
+        np.testing.assert_array_equal(current[key], expected, err_msg=key)
 
 
 def test_folds_are_averaged_and_mirroring_is_undone(environment):
     model = load_model(environment / "results" / NAME / UNET, ["0", "1"], "checkpoint_final.pth", torch.device("cpu"))
     images = np.random.default_rng(0).random((2, 1, 64, 64), dtype=np.float32)
     both, _ = Predictor(model, PredictionOptions()).probabilities(images)
-    each = [torch.softmax(trainer.network(torch.from_numpy(images)), 1).detach().numpy() for trainer in model.folds]
+    with torch.no_grad():
+        each = [torch.softmax(fold.segmenter.network(torch.from_numpy(images)), 1).numpy() for fold in model.folds]
+        flipped = [torch.softmax(fold.segmenter.network(torch.from_numpy(images[..., ::-1].copy())), 1).numpy()[..., ::-1]
+                   for fold in model.folds]
     assert np.allclose(both, np.mean(each, axis=0), atol=1e-5)
     mirrored, _ = Predictor(model, PredictionOptions(tta=True)).probabilities(images)
-    flipped = [torch.softmax(t.network(torch.from_numpy(images[..., ::-1].copy())), 1).detach().numpy()[..., ::-1]
-               for t in model.folds]
     assert np.allclose(mirrored, np.mean(each + flipped, axis=0), atol=1e-5)
+
+
+def test_prediction_builds_networks_and_no_training_machinery(environment, tmp_path, monkeypatch):
+    """Inference builds each fold's network from the plans through the trainer class: no trainer, optimiser,
+    learning-rate schedule, gradient scaler or process group (each raises here if made)."""
+    def forbidden(*args, **kwargs):
+        raise AssertionError("prediction made a piece of training machinery")
+
+    for owner, name in ((torch.optim, "Adam"), (torch.optim, "AdamW"), (torch.optim.lr_scheduler, "LambdaLR"),
+                        (torch.amp, "GradScaler"), (torch.distributed, "init_process_group")):
+        monkeypatch.setattr(owner, name, forbidden)
+    monkeypatch.setattr(Trainer, "__init__", forbidden)
+    inputs = images_ts(environment, validation_cases(environment)[:2], tmp_path / "inputs")
+    for trainer in ("UNetTrainer", "SDMCFinetunedTrainer"):
+        assert predict.main(["-i", str(inputs), "-o", str(tmp_path / trainer), "-d", "2021", "-tr", trainer,
+                             "-f", "0", "-np", "0"]) == 0
 
 
 def test_teknofest_pngs_and_dicoms_give_png_label_maps_and_overlays(environment, tmp_path):

@@ -19,7 +19,7 @@ from sdmcunet.reporting.collect import collect_results
 from sdmcunet.reporting.qualitative import choose_slices, class_areas
 from sdmcunet.reporting.reconstruction import reconstruction_section
 from sdmcunet.reporting.tables import crossval_table, table3, table4
-from sdmcunet.training.checkpoints import save_checkpoint
+from sdmcunet.results.checkpoints import save_checkpoint
 from sdmcunet.training.progress import TrainingHistory
 from sdmcunet.utils.files import atomic_write_json
 

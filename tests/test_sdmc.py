@@ -10,7 +10,7 @@ from conftest import make_preprocessed_dataset
 from sdmcunet.experiment_planning.plans import load_plans
 from sdmcunet.experiment_planning.presets import cpu_families
 from sdmcunet.networks.sdmc import SDMCSeg, colour_image_to_probabilities, mask_to_colour_image
-from sdmcunet.training.checkpoints import load_checkpoint, save_checkpoint
+from sdmcunet.results.checkpoints import load_checkpoint, save_checkpoint
 from sdmcunet.training.trainers import TRAINERS
 from sdmcunet.utils.errors import SDMCError
 from sdmcunet.utils.files import read_json
@@ -160,6 +160,23 @@ def test_frozen_and_trainable_switches(environment, name, encoder_learns):
                for part, before in snapshot.items()}
     assert changed == {"mask_autoencoder": False, "image_encoder.encoder": encoder_learns,
                        "image_encoder.projection": True, "denoiser": True}
+
+
+def test_the_ema_denoiser_validation_predicts_with_has_no_dropout(environment):
+    """The EMA copy is only ever evaluated: with dropout in the denoiser, validation stays deterministic."""
+    trainer = make_trainer("SDMCFinetunedTrainer", environment)
+    trainer.initialize()
+    trainer.module.scale_factor.fill_(1.0)
+    trainer.train_step({"data": torch.rand(2, 1, 64, 64), "seg": torch.randint(0, 3, (2, 1, 64, 64)).float()})
+    dropouts = [m for m in trainer.ema.modules() if isinstance(m, torch.nn.Dropout)]
+    assert dropouts
+    for dropout in dropouts:
+        dropout.p = 0.5
+    images = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        first, _ = trainer.validation_segmenter()(images)
+        again, _ = trainer.validation_segmenter()(images)
+    assert torch.equal(first, again)
 
 
 def getattr_path(module, path):

@@ -1,11 +1,9 @@
 import logging
 import os
-import signal
 import socket
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +13,10 @@ from conftest import make_preprocessed_dataset
 
 from sdmcunet.experiment_planning.plans import load_plans
 from sdmcunet.training import run_training
-from sdmcunet.training.checkpoints import load_checkpoint, save_checkpoint
+from sdmcunet.results.checkpoints import load_checkpoint, save_checkpoint
 from sdmcunet.training.trainers import TRAINERS
 from sdmcunet.training.trainers.baselines import UNetTrainer
 from sdmcunet.utils.errors import SDMCError
-from sdmcunet.utils.files import read_json
 
 NAME = "Dataset2021_Stroke2021"
 
@@ -74,6 +71,42 @@ def test_baseline_validation_runs_the_network_once_and_agrees_with_loss_and_pred
         assert torch.equal(predicted, trainer.validation_prediction(batch))
 
 
+def hand_losses(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Cross-entropy, and soft Dice over the batch per class (background included) averaged over the classes."""
+    probabilities = torch.softmax(logits, 1)
+    one_hot = torch.nn.functional.one_hot(labels[:, 0].long(), logits.shape[1]).permute(0, 3, 1, 2).float()
+    overlap, sizes = (probabilities * one_hot).sum((0, 2, 3)), (probabilities + one_hot).sum((0, 2, 3))
+    dice = (1 - (2 * overlap + 1e-5) / (sizes + 1e-5)).mean()
+    cross_entropy = -(one_hot * torch.log_softmax(logits, 1)).sum(1).mean()
+    return {"dice": dice, "ce": cross_entropy, "dice_ce": dice + cross_entropy}
+
+
+@pytest.mark.parametrize("loss", ["dice_ce", "dice", "ce"])
+def test_baselines_train_with_the_loss_the_plans_name(environment, loss):
+    plans = load_plans(environment / "sdmcPlans.json")
+    plans["configurations"]["2d"]["families"]["baseline"]["loss"] = loss
+    trainer = UNetTrainer(plans, "2d", 0, environment, "cpu", 1, 2, num_loader_workers=0)
+    trainer.initialize()
+    generator = torch.Generator().manual_seed(0)
+    batch = {"data": torch.rand(2, trainer.in_channels, 64, 64, generator=generator),
+             "seg": torch.randint(0, 3, (2, 1, 64, 64), generator=generator).float()}
+    with torch.no_grad():
+        logits = trainer.network(batch["data"])
+        assert torch.allclose(trainer.compute_loss(batch), hand_losses(logits, batch["seg"])[loss], atol=1e-6)
+
+
+def test_gpu_plans_trained_on_the_cpu_are_warned_about(environment, caplog):
+    plans = load_plans(environment / "sdmcPlans.json")
+    cpu = UNetTrainer(plans, "2d", 0, environment, "cpu")
+    gpu_plans = dict(plans, compute_target={"device": "cuda", "gpu_memory_target_gb": 40})
+    gpu = UNetTrainer(gpu_plans, "2d", 0, environment, "cpu")
+    with caplog.at_level(logging.WARNING, logger="sdmcunet.training"):
+        cpu.warn_if_planned_for_a_gpu()
+        assert not caplog.records
+        gpu.warn_if_planned_for_a_gpu()
+    assert "sized for a GPU of 40 GB" in caplog.text and "--cpu" in caplog.text
+
+
 def _weights(trainer):
     return {key: value.clone() for key, value in trainer.module.state_dict().items()}
 
@@ -99,33 +132,6 @@ def test_resume_gives_the_same_weights_as_one_run(environment, monkeypatch, tmp_
     assert resumed.iteration == 6
     for key, value in expected.items():
         assert torch.equal(value, resumed.module.state_dict()[key]), key
-
-
-def _train_command(*extra):
-    return [sys.executable, "-m", "sdmcunet.training.run_training", "2021", "2d", "0", "-tr", "UNetTrainer",
-            "-num_loader_workers", "0", *extra]
-
-
-def test_sigkill_during_training_then_continue_completes(environment, tmp_path):
-    env = os.environ | {"SDMC_results": str(tmp_path / "results")}
-    folder = tmp_path / "results" / NAME / "UNetTrainer__sdmcPlans__2d" / "fold_0"
-    process = subprocess.Popen(_train_command("--epochs", "40", "--iterations_per_epoch", "2"), env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 120
-    while not (folder / "checkpoint_latest.pth").exists() and time.time() < deadline and process.poll() is None:
-        time.sleep(0.2)
-    assert process.poll() is None, "training ended before it could be killed"
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-    assert not (folder / "checkpoint_final.pth").exists()
-    epoch_at_kill = load_checkpoint(folder / "checkpoint_latest.pth")["epoch"]
-    result = subprocess.run(_train_command("--epochs", "40", "--iterations_per_epoch", "2", "--c"), env=env,
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert f"resuming from checkpoint_latest.pth at epoch {epoch_at_kill}" in result.stderr
-    assert load_checkpoint(folder / "checkpoint_final.pth")["epoch"] == 40
-    summary = read_json(folder / "validation" / "summary.json")
-    assert set(summary["stroke2021"]) == {"DSC", "IoU", "mIoU", "n_slices"}
 
 
 def _free_port() -> int:

@@ -26,7 +26,7 @@ from sdmcunet.inference import predict
 from sdmcunet.postprocessing import remove_small_components
 from sdmcunet.reporting import report
 from sdmcunet.training import run_training
-from sdmcunet.training.checkpoints import load_checkpoint
+from sdmcunet.results.checkpoints import load_checkpoint
 from sdmcunet.training.fold_lock import LOCK_FILE
 from sdmcunet.training.trainers.base import Trainer
 from sdmcunet.utils.files import read_json

@@ -23,7 +23,7 @@ from sdmcunet.dataset_conversion.convert_slice import (
 )
 from sdmcunet.dataset_conversion.teknofest_layout import SourceInventory, SourceSlice, scan_release
 from sdmcunet.labels import CLASS_ABBREVIATIONS, HEMORRHAGIC, ISCHEMIC, LABELS
-from sdmcunet.raw_dataset import dataset_folder_name, folders_with_id, make_dataset_json
+from sdmcunet.raw_dataset import DATASET_FILE, dataset_folder_name, folders_with_id, make_dataset_json
 from sdmcunet.utils.cli import add_num_processes_argument, configure_logging, console_entry, non_negative_int
 from sdmcunet.utils.errors import SDMCError
 from sdmcunet.utils.files import atomic_write_json, make_folder, read_json
@@ -124,7 +124,7 @@ def _write_dataset_files(work: Path, inventory: SourceInventory, records: dict[s
     if not converted:
         raise SDMCError(f"{inventory.root}: no slice could be converted; see {work / 'conversion.log'}")
     channels = CT_CHANNELS if inventory.has_dicom else PNG_ONLY_CHANNELS
-    atomic_write_json(work / "dataset.json", make_dataset_json(
+    atomic_write_json(work / DATASET_FILE, make_dataset_json(
         channels, LABELS, len(converted), FILE_ENDING,
         name="Stroke2021", description="TEKNOFEST-2021 stroke CT slices converted by sdmcunet",
         reference="Ministry of Health of Türkiye open data portal, dataset 1",

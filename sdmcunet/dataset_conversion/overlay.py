@@ -4,7 +4,7 @@ An overlay is the organisers' grey PNG with every lesion painted as a semi-trans
 blend (alpha about 0.5 to 0.75) and a one-pixel outline, on the lesion's inner boundary, in
 the class colour (green hemorrhage, blue ischemia). Outline pixels are either the pure class
 colour or a 50/50 blend of it with red. Measured on the four real samples in
-`shared/real_samples/teknofest2021`.
+`tests/data/teknofest2021` (docs/design.md §2).
 """
 
 from dataclasses import dataclass, field

@@ -4,7 +4,7 @@
     sdmc_evaluate -d 2021 -tr UNetTrainer -f 0                      # a fold's validation predictions
     sdmc_evaluate -d 2021 -tr UNetTrainer                           # all folds together (cross-validation)
 
-Label maps are PNG or NIfTI. The summary.json layout is DESIGN §7 (see evaluation/metrics.py),
+Label maps are PNG or NIfTI. The summary.json layout is docs/design.md §7 (see evaluation/metrics.py),
 plus `left_out`: the cases skipped by --ignore_missing.
 """
 
@@ -14,7 +14,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from sdmcunet.evaluation.metrics import CaseResult, evaluate_case, summarise, write_summary
-from sdmcunet.evaluation.trained_model import CasePair, TrainedModel, crossval_folder_name, preprocessed_dataset
+from sdmcunet import paths
+from sdmcunet.raw_dataset import find_dataset
+from sdmcunet.results.layout import SUMMARY_FILE
+from sdmcunet.results.trained_model import CasePair, TrainedModel
 from sdmcunet.imageio.label_map_folders import case_name, label_map_files, read_label_map
 from sdmcunet.utils.cli import add_num_processes_argument, configure_logging, console_entry, non_negative_int
 from sdmcunet.utils.errors import SDMCError
@@ -22,7 +25,6 @@ from sdmcunet.utils.listing import listed
 from sdmcunet.utils.parallel import parallel_map
 
 log = logging.getLogger("sdmcunet.evaluation")
-SUMMARY_FILE = "summary.json"
 
 
 def folder_pairs(reference_folder: Path, prediction_folder: Path) -> list[CasePair]:
@@ -107,7 +109,7 @@ def crossval_summary_path(model: TrainedModel, folds: list[int]) -> Path:
     """Where a model's summary of these folds goes: the fold's validation folder for one fold."""
     if len(folds) == 1:
         return model.validation_folder(folds[0]) / SUMMARY_FILE
-    return model.folder / crossval_folder_name(folds) / SUMMARY_FILE
+    return model.crossval_folder(folds) / SUMMARY_FILE
 
 
 def evaluate_model(model: TrainedModel, folds: list[int], num_processes: int,
@@ -116,6 +118,17 @@ def evaluate_model(model: TrainedModel, folds: list[int], num_processes: int,
     hint = f"re-run the validation: `{model.train_command('FOLD', '--val')}`"
     return evaluate_and_write(crossval_pairs(model, folds), crossval_summary_path(model, folds), num_processes,
                               ignore_missing, hint)
+
+
+def preprocessed_dataset(dataset_id: int) -> Path:
+    """The preprocessed folder of a dataset: its splits, references and name."""
+    return find_dataset(paths.preprocessed_root(), dataset_id)
+
+
+def model_of_dataset(dataset_id: int, trainer: str, plans_name: str, configuration: str) -> TrainedModel:
+    """A trained model of a dataset, with the dataset's preprocessed folder for its validation cases."""
+    preprocessed = preprocessed_dataset(dataset_id)
+    return TrainedModel.of(preprocessed.name, trainer, plans_name, configuration, preprocessed)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -153,9 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         output = args.output or args.pred / SUMMARY_FILE
         evaluate_and_write(folder_pairs(args.ref, args.pred), output, args.num_processes, args.ignore_missing)
     else:
-        model = TrainedModel(args.dataset_id, preprocessed_dataset(args.dataset_id), args.trainer, args.plans,
-                             args.configuration)
-        folds = sorted(set(args.folds)) if args.folds else model.folds_found()
+        model = model_of_dataset(args.dataset_id, args.trainer, args.plans, args.configuration)
+        folds = sorted(set(args.folds)) if args.folds else model.numbered_folds()
         evaluate_model(model, folds, args.num_processes, args.ignore_missing)
         output = crossval_summary_path(model, folds)
     print(f"wrote {output}")

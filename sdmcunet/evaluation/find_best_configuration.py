@@ -19,14 +19,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sdmcunet import paths
 from sdmcunet.ensembling.ensemble import ensemble_jobs, missing_probabilities, run_ensemble
-from sdmcunet.evaluation.evaluate_predictions import SUMMARY_FILE, crossval_pairs, evaluate_and_write, evaluate_model
+from sdmcunet import paths
+from sdmcunet.evaluation.evaluate_predictions import (
+    crossval_pairs, evaluate_and_write, evaluate_model, model_of_dataset, preprocessed_dataset,
+)
 from sdmcunet.evaluation.metrics import to_json_safe
-from sdmcunet.evaluation.trained_model import CasePair, TrainedModel, crossval_folder_name, preprocessed_dataset
 from sdmcunet.postprocessing.remove_small_components import (
     POSTPROCESSING_FILE, decide_postprocessing, helps, write_postprocessing,
 )
+from sdmcunet.experiment_planning.plans import MASK_AUTOENCODER_FAMILY
+from sdmcunet.results.layout import SUMMARY_FILE
+from sdmcunet.results.trained_model import CasePair, TrainedModel, models_in
 from sdmcunet.training.trainers import TRAINERS
 from sdmcunet.utils.cli import add_num_processes_argument, configure_logging, console_entry, non_negative_int
 from sdmcunet.utils.errors import SDMCError
@@ -69,26 +73,20 @@ def results_folder(model: TrainedModel) -> Path:
 def models_of_dataset(dataset_id: int, plans: str, configuration: str) -> list[TrainedModel]:
     """Every model folder of the dataset trained with these plans and configuration."""
     preprocessed = preprocessed_dataset(dataset_id)
-    folder = paths.results_root() / preprocessed.name
-    suffix = f"__{plans}__{configuration}"
-    folders = sorted(child for child in folder.glob(f"*{suffix}") if child.is_dir()) if folder.is_dir() else []
-    trainers = [child.name.removesuffix(suffix) for child in folders]
-    return [TrainedModel(dataset_id, preprocessed, trainer, plans, configuration)
-            for trainer in trainers if not _reconstructs_masks(trainer)]
+    return [model for model in models_in(paths.results_root() / preprocessed.name, plans, configuration, preprocessed)
+            if not _reconstructs_masks(model.trainer)]
 
 
 def _reconstructs_masks(trainer: str) -> bool:
     """The mask autoencoder's validation scores reconstructions, not segmentations of images."""
-    return trainer in TRAINERS.names() and TRAINERS.get(trainer).family == "mask_autoencoder"
+    return trainer in TRAINERS.names() and TRAINERS.get_registered(trainer).family == MASK_AUTOENCODER_FAMILY
 
 
 def select_models(dataset_id: int, trainers: list[str] | None, plans: str, configuration: str,
                   folds: list[int]) -> tuple[list[TrainedModel], dict[str, list[int]]]:
     """The models to compare, and the trained ones left out for lacking folds (only when found, not named)."""
     if trainers:
-        preprocessed = preprocessed_dataset(dataset_id)
-        models = [TrainedModel(dataset_id, preprocessed, trainer, plans, configuration)
-                  for trainer in dict.fromkeys(trainers)]
+        models = [model_of_dataset(dataset_id, trainer, plans, configuration) for trainer in dict.fromkeys(trainers)]
         for model in models:
             for fold in folds:
                 model.check_validation(fold)
@@ -126,7 +124,7 @@ def check_probabilities(members: tuple[TrainedModel, ...], folds: list[int]) -> 
 
 def ensemble_candidate(members: tuple[TrainedModel, ...], folds: list[int], num_processes: int) -> Candidate:
     """Average the members' validation probabilities fold by fold into one folder, and score it."""
-    name = "___".join(["ensemble", *(model.name for model in members), crossval_folder_name(folds)])
+    name = "___".join(["ensemble", *(model.name for model in members), members[0].crossval_folder(folds).name])
     folder = results_folder(members[0]) / ENSEMBLES_FOLDER / name
     jobs = [job for fold in folds for job in ensemble_jobs(
         [model.validation_folder(fold) for model in members], folder, members[0].validation_cases(fold))]
@@ -139,7 +137,7 @@ def ensemble_candidate(members: tuple[TrainedModel, ...], folds: list[int], num_
 def predict_command(model: TrainedModel, output: str, folds: list[int], save_probabilities: bool) -> str:
     return " ".join([
         "sdmc_predict", "-i", "INPUT_FOLDER", "-o", output, "-d", str(model.dataset_id), "-tr", model.trainer,
-        "-f", *map(str, folds), "-p", model.plans, "-c", model.configuration,
+        "-f", *map(str, folds), "-p", model.plans_name, "-c", model.configuration,
         *(["--save_probabilities"] if save_probabilities else []),
     ])
 

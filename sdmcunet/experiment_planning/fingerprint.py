@@ -17,17 +17,17 @@ import numpy as np
 
 from sdmcunet import paths
 from sdmcunet.imageio import read_label_slice
-from sdmcunet.raw_dataset import RawCase, find_dataset, load_dataset_json, read_raw_image, training_cases
+from sdmcunet.raw_dataset import DATASET_FILE, RawCase, find_dataset, load_dataset_json, read_raw_image, training_cases
 from sdmcunet.utils.cli import add_num_processes_argument, configure_logging, console_entry, non_negative_int
 from sdmcunet.utils.errors import SDMCError
 from sdmcunet.utils.files import atomic_write_json, read_json
 from sdmcunet.utils.parallel import parallel_map
+from sdmcunet.results.layout import FINGERPRINT_FILE
 
 log = logging.getLogger("sdmcunet.fingerprint")
 FOREGROUND_SAMPLES_TOTAL = 10e7  # nnU-Net v2's num_foreground_voxels_for_intensitystats
 SAMPLING_SEED = 1234
 PERCENTILES = (0.5, 50.0, 99.5)
-FINGERPRINT_FILE = "dataset_fingerprint.json"
 
 
 def analyse_case(case: RawCase, samples_per_case: int) -> dict:
@@ -68,7 +68,7 @@ def intensity_statistics(samples: np.ndarray) -> dict:
 def raw_dataset_digest(folder: Path) -> str:
     """Changes whenever a raw file is added, removed or rewritten."""
     digest = hashlib.sha256()
-    for path in sorted([folder / "dataset.json", *(folder / "imagesTr").iterdir(), *(folder / "labelsTr").iterdir()]):
+    for path in sorted([folder / DATASET_FILE, *(folder / "imagesTr").iterdir(), *(folder / "labelsTr").iterdir()]):
         status = path.stat()
         digest.update(f"{path.name}:{status.st_size}:{status.st_mtime_ns}\n".encode())
     return digest.hexdigest()

@@ -45,7 +45,7 @@ def parameter_count(module: nn.Module) -> int:
     return sum(parameter.numel() for parameter in module.parameters())
 
 
-@dataclass
+@dataclass(frozen=True)
 class MemoryModel:
     """Estimated GPU bytes of a training step: fixed + batch_size * per_sample."""
 

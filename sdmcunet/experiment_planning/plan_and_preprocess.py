@@ -13,11 +13,13 @@ from pathlib import Path
 
 from sdmcunet.experiment_planning.fingerprint import FINGERPRINT_FILE, dataset_folders, extract_fingerprint
 from sdmcunet.experiment_planning.planners import CONFIGURATION, PLANNERS
-from sdmcunet.experiment_planning.plans import configuration, load_existing_plans, load_plans, plans_path, save_plans
+from sdmcunet.experiment_planning.plans import load_existing_plans, plans_path, save_plans
+from sdmcunet.experiment_planning.plans_manager import PlansManager
 from sdmcunet.experiment_planning.splits import TooFewPatients, load_or_create_splits, move_holdout
 from sdmcunet.experiment_planning.verify_dataset import verify_or_raise
 from sdmcunet.preprocessing.preprocessor import preprocess_dataset
-from sdmcunet.raw_dataset import load_dataset_json, training_cases
+from sdmcunet.results.layout import references_folder
+from sdmcunet.raw_dataset import DATASET_FILE, load_dataset_json, training_cases
 from sdmcunet.utils.cli import (
     add_num_processes_argument, configure_logging, console_entry, fraction, non_negative_int, positive_float,
 )
@@ -46,7 +48,7 @@ def plan_experiment(dataset_id: int, planner_name: str = DEFAULT_PLANNER, gpu_me
     raw_folder, preprocessed_folder = dataset_folders(dataset_id)
     fingerprint = read_json(preprocessed_folder / FINGERPRINT_FILE) if (preprocessed_folder / FINGERPRINT_FILE).is_file() \
         else extract_fingerprint(raw_folder, preprocessed_folder)
-    planner = PLANNERS.get(planner_name)(fingerprint, read_json(raw_folder / "dataset.json"), raw_folder.name, gpu_memory_gb)
+    planner = PLANNERS.get(planner_name)(fingerprint, read_json(raw_folder / DATASET_FILE), raw_folder.name, gpu_memory_gb)
     plans = planner.plan()
     path = plans_path(preprocessed_folder, plans["plans_name"])
     existing = load_existing_plans(path)
@@ -57,19 +59,19 @@ def plan_experiment(dataset_id: int, planner_name: str = DEFAULT_PLANNER, gpu_me
         if custom:
             log.info("kept the custom configuration(s) %s from %s", ", ".join(custom), path)
     save_plans(plans, path)
-    atomic_write_bytes(preprocessed_folder / "dataset.json", (raw_folder / "dataset.json").read_bytes())
+    atomic_write_bytes(preprocessed_folder / DATASET_FILE, (raw_folder / DATASET_FILE).read_bytes())
     log.info("wrote %s (%s plans)", path, plans["compute_target"]["device"])
     return path
 
 
 def preprocess(dataset_id: int, plans_name: str, configurations: list[str], num_processes: int = 1) -> None:
     raw_folder, preprocessed_folder = dataset_folders(dataset_id)
-    plans = load_plans(plans_path(preprocessed_folder, plans_name))
+    plans = PlansManager.load(plans_path(preprocessed_folder, plans_name))
     dataset = load_dataset_json(raw_folder)
     cases = training_cases(raw_folder, dataset)
     for name in configurations:
-        config = configuration(plans, name)
-        preprocess_dataset(cases, preprocessed_folder / config["data_identifier"], preprocessed_folder / "gt_segmentations",
+        config = plans.configuration(name)
+        preprocess_dataset(cases, preprocessed_folder / config.data_identifier, references_folder(preprocessed_folder),
                            config, dataset.channel_names, len(dataset.labels), num_processes)
     try:
         load_or_create_splits(preprocessed_folder, raw_folder, read_json(preprocessed_folder / FINGERPRINT_FILE))

@@ -14,8 +14,10 @@ from sdmcunet.utils.files import atomic_write_json, read_json
 
 NORMALIZATIONS = ("min_max_per_image", "window", "z_score")
 INTERPOLATIONS = ("bilinear", "bicubic")
-FAMILIES = ("baseline", "sdmc", "mask_autoencoder")
+BASELINE_FAMILY, SDMC_FAMILY, MASK_AUTOENCODER_FAMILY = "baseline", "sdmc", "mask_autoencoder"
+FAMILIES = (BASELINE_FAMILY, SDMC_FAMILY, MASK_AUTOENCODER_FAMILY)
 LR_DECAYS = ("constant", "poly")
+BASELINE_LOSSES = ("dice_ce", "dice", "ce")  # Dice + cross-entropy (published), Dice alone, cross-entropy alone
 OPTIMIZERS = ("adam", "adamw")
 AMP_DTYPES = ("float16", "bfloat16")  # autocast precision on CUDA
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")  # what the SDMC denoiser outputs
@@ -150,6 +152,8 @@ def _configuration_problems(config: dict, plans: dict) -> list[str]:
             problems.append(f"unknown family {family!r} (known: {', '.join(FAMILIES)})")
             continue
         problems += [f"families.{family}: {p}" for p in _family_problems(settings)]
+        if family == BASELINE_FAMILY and settings.get("loss") not in BASELINE_LOSSES:
+            problems.append(f"families.{family}: loss must be one of {BASELINE_LOSSES}, got {settings.get('loss')!r}")
     return problems
 
 

@@ -1,10 +1,12 @@
 """Network sizes and schedules the planners start from.
 
-GPU presets are the published settings (DESIGN §5-6); CPU presets are small enough to train to
+GPU presets are the published settings (docs/design.md §5-6); CPU presets are small enough to train to
 a useful result in minutes on 2 cores. Planners copy them into the plans, where users edit them.
 """
 
 import copy
+import functools
+import json
 
 import torch
 
@@ -12,7 +14,7 @@ from sdmcunet.experiment_planning.memory import (
     FROZEN_BYTES_PER_PARAMETER, TRAINABLE_BYTES_PER_PARAMETER, MemoryModel, activation_bytes, on_meta,
     parameter_count,
 )
-from sdmcunet.experiment_planning.plans import NETWORK_DIVISOR
+from sdmcunet.experiment_planning.plans import BASELINE_FAMILY, MASK_AUTOENCODER_FAMILY, NETWORK_DIVISOR, SDMC_FAMILY
 from sdmcunet.labels import LABELS
 from sdmcunet.networks.baselines import build_baseline
 from sdmcunet.networks.latent_diffusion import (
@@ -54,7 +56,7 @@ _DIFFUSION = {"num_train_timesteps": 1000, "beta_schedule": "scaled_linear", "be
               "beta_end": 0.0155, "prediction_type": "epsilon"}
 
 _GPU = {
-    "baseline": {
+    BASELINE_FAMILY: {
         "batch_size": 16,
         "loss": "dice_ce",
         "selection_metric": "IoU",
@@ -68,7 +70,7 @@ _GPU = {
             "SwinUNETR": {"feature_size": 48},
         },
     },
-    "sdmc": {
+    SDMC_FAMILY: {
         "batch_size": 4,
         "selection_metric": "Dice",
         "schedule": {"epochs": 300, "iterations_per_epoch": 250, "val_iterations": 50, "optimizer": "adamw",
@@ -79,7 +81,7 @@ _GPU = {
         "networks": SDMC_SIZES["sd"],
         "diffusion": _DIFFUSION,
     },
-    "mask_autoencoder": {
+    MASK_AUTOENCODER_FAMILY: {
         "batch_size": 4,
         "selection_metric": "Dice",
         "schedule": {"epochs": 50, "iterations_per_epoch": 250, "val_iterations": 50, "optimizer": "adam",
@@ -93,33 +95,33 @@ _GPU = {
 }
 
 _CPU = copy.deepcopy(_GPU)
-_CPU["baseline"].update(batch_size=8)
-_CPU["baseline"]["schedule"].update(epochs=20, iterations_per_epoch=50, val_iterations=4, learning_rate=1e-3,
+_CPU[BASELINE_FAMILY].update(batch_size=8)
+_CPU[BASELINE_FAMILY]["schedule"].update(epochs=20, iterations_per_epoch=50, val_iterations=4, learning_rate=1e-3,
                                     lr_decay="poly")
-_CPU["baseline"]["networks"] = {
+_CPU[BASELINE_FAMILY]["networks"] = {
     "UNet": {"features": [16, 16, 32, 64, 128, 16]},
     "ResUNet34": {"decoder_channels": [64, 32, 16, 16, 8], "encoder_weights": None},
     "SegResNet": {"init_filters": 8},
     "SwinUNETR": {"feature_size": 12},
 }
-_CPU["sdmc"].update(batch_size=8)
-_CPU["sdmc"]["schedule"].update(epochs=20, iterations_per_epoch=50, val_iterations=4, learning_rate=5e-4,
+_CPU[SDMC_FAMILY].update(batch_size=8)
+_CPU[SDMC_FAMILY]["schedule"].update(epochs=20, iterations_per_epoch=50, val_iterations=4, learning_rate=5e-4,
                                 warmup_iterations=20, ema_decay=0.99, lr_decay="poly")
 # A small UNet learns v in minutes, where epsilon at t = 999 needs 300 GPU epochs (networks/sdmc.py)
-_CPU["sdmc"]["diffusion"].update(prediction_type="v_prediction")
-_CPU["mask_autoencoder"].update(batch_size=8)
-_CPU["mask_autoencoder"]["schedule"].update(epochs=20, iterations_per_epoch=50, val_iterations=4, learning_rate=1e-3,
+_CPU[SDMC_FAMILY]["diffusion"].update(prediction_type="v_prediction")
+_CPU[MASK_AUTOENCODER_FAMILY].update(batch_size=8)
+_CPU[MASK_AUTOENCODER_FAMILY]["schedule"].update(epochs=20, iterations_per_epoch=50, val_iterations=4, learning_rate=1e-3,
                                             lr_decay="poly")
 # Ten times the published KL weight: with the softmax Dice term, 1e-6 gave latents that SDMC-Seg
 # failed to predict (0.265 after 15 minutes), 1e-5 gave 0.568 (README, Performance).
-_CPU["mask_autoencoder"]["loss_weights"].update(kl=1e-5)
+_CPU[MASK_AUTOENCODER_FAMILY]["loss_weights"].update(kl=1e-5)
 
 
 def with_sdmc_size(families: dict, size_preset: str) -> dict:
     """`families` with the SDMC and mask autoencoder networks set to a named size."""
     families = copy.deepcopy(families)
-    families["sdmc"].update(size_preset=size_preset, networks=copy.deepcopy(SDMC_SIZES[size_preset]))
-    families["mask_autoencoder"].update(
+    families[SDMC_FAMILY].update(size_preset=size_preset, networks=copy.deepcopy(SDMC_SIZES[size_preset]))
+    families[MASK_AUTOENCODER_FAMILY].update(
         size_preset=size_preset, networks={"autoencoder": copy.deepcopy(SDMC_SIZES[size_preset]["autoencoder"])})
     return families
 
@@ -135,36 +137,47 @@ def cpu_families() -> dict:
     return copy.deepcopy(_CPU)
 
 
-def memory_models(family_name: str, family: dict, in_channels: int, image_size: int) -> list[MemoryModel]:
-    """One memory model per network trained in this family (the batch must fit each)."""
-    networks = family["networks"]
-    if family_name == "baseline":
-        return [_baseline_memory(name, sizes, in_channels, image_size) for name, sizes in networks.items()]
-    if family_name == "sdmc":
-        return [_sdmc_memory(networks, image_size)]
-    return [_autoencoder_memory(networks["autoencoder"], image_size)]
+def memory_models(family_name: str, family: dict, in_channels: int,
+                  image_size: int | tuple[int, int]) -> list[MemoryModel]:
+    """One memory model per network trained in this family (the batch must fit each) on images of
+    `image_size` (a side, or (rows, columns))."""
+    image_size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    return list(_memory_models(family_name, json.dumps(family["networks"], sort_keys=True), in_channels, image_size))
 
 
-def _baseline_memory(name: str, sizes: dict, in_channels: int, image_size: int) -> MemoryModel:
+@functools.lru_cache(maxsize=64)
+def _memory_models(family_name: str, networks_json: str, in_channels: int,
+                   image_size: tuple[int, int]) -> tuple[MemoryModel, ...]:
+    """Cached by value: planning asks for the same networks at the same sizes once per memory target
+    and batch size, and each estimate traces the whole forward pass."""
+    networks = json.loads(networks_json)
+    if family_name == BASELINE_FAMILY:
+        return tuple(_baseline_memory(name, sizes, in_channels, image_size) for name, sizes in networks.items())
+    if family_name == SDMC_FAMILY:
+        return (_sdmc_memory(networks, image_size),)
+    return (_autoencoder_memory(networks["autoencoder"], image_size),)
+
+
+def _baseline_memory(name: str, sizes: dict, in_channels: int, image_size: tuple[int, int]) -> MemoryModel:
     network = on_meta(lambda: build_baseline(name, sizes, in_channels, len(LABELS)))
-    image = torch.empty(1, in_channels, image_size, image_size, device="meta")
+    image = torch.empty(1, in_channels, *image_size, device="meta")
     return MemoryModel(TRAINABLE_BYTES_PER_PARAMETER * parameter_count(network), activation_bytes(network, image))
 
 
 def native_image_multiple(family_name: str, family: dict) -> int:
     """Image sides a family's networks run on without padding are multiples of this."""
-    if family_name == "sdmc":
+    if family_name == SDMC_FAMILY:
         return DOWNSAMPLING_FACTOR * latent_multiple(family["networks"]["denoiser"])
-    return DOWNSAMPLING_FACTOR if family_name == "mask_autoencoder" else NETWORK_DIVISOR
+    return DOWNSAMPLING_FACTOR if family_name == MASK_AUTOENCODER_FAMILY else NETWORK_DIVISOR
 
 
-def _sdmc_memory(networks: dict, image_size: int) -> MemoryModel:
+def _sdmc_memory(networks: dict, image_size: tuple[int, int]) -> MemoryModel:
     """Trainable image encoder and denoiser (+ its EMA copy); frozen mask autoencoder."""
-    latent_size = padded_latent_size(networks["denoiser"], image_size // DOWNSAMPLING_FACTOR)
+    latent_size = [padded_latent_size(networks["denoiser"], side // DOWNSAMPLING_FACTOR) for side in image_size]
     autoencoder = on_meta(lambda: build_autoencoder(networks["autoencoder"]))
-    denoiser = on_meta(lambda: build_denoiser(networks["denoiser"], latent_size))
-    image = torch.empty(1, 3, image_size, image_size, device="meta")
-    latents = torch.empty(1, 2 * LATENT_CHANNELS, latent_size, latent_size, device="meta")
+    denoiser = on_meta(lambda: build_denoiser(networks["denoiser"], latent_size[0]))
+    image = torch.empty(1, 3, *image_size, device="meta")
+    latents = torch.empty(1, 2 * LATENT_CHANNELS, *latent_size, device="meta")
     timestep = torch.zeros(1, dtype=torch.long, device="meta")
     trainable = parameter_count(autoencoder.encoder) + parameter_count(denoiser)
     fixed = (TRAINABLE_BYTES_PER_PARAMETER * trainable + FROZEN_BYTES_PER_PARAMETER * parameter_count(denoiser)
@@ -173,8 +186,8 @@ def _sdmc_memory(networks: dict, image_size: int) -> MemoryModel:
     return MemoryModel(fixed, per_sample)
 
 
-def _autoencoder_memory(sizes: dict, image_size: int) -> MemoryModel:
+def _autoencoder_memory(sizes: dict, image_size: tuple[int, int]) -> MemoryModel:
     autoencoder = on_meta(lambda: build_autoencoder(sizes))
-    image = torch.empty(1, 3, image_size, image_size, device="meta")
+    image = torch.empty(1, 3, *image_size, device="meta")
     return MemoryModel(TRAINABLE_BYTES_PER_PARAMETER * parameter_count(autoencoder),
                        activation_bytes(lambda x: autoencoder(x).sample, image))

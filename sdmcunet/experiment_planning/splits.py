@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 
 from sdmcunet.imageio import read_label_slice
-from sdmcunet.raw_dataset import case_name_problem, image_file_name, label_file_name, load_dataset_json, training_cases
+from sdmcunet.raw_dataset import DATASET_FILE, image_file_name, label_file_name, load_dataset_json, training_cases
+from sdmcunet.results.splits import SPLITS_FILE, check_case_names, check_splits_format
 from sdmcunet.utils.errors import SDMCError
 from sdmcunet.utils.files import atomic_write_json, read_json
 
 log = logging.getLogger("sdmcunet.splits")
-SPLITS_FILE = "splits_final.json"
 HOLDOUT_FILE = "holdout.json"
 NUM_FOLDS = 5
 SEED = 12345
@@ -68,24 +68,6 @@ def make_splits(patients: dict[str, str], classes_per_case: dict[str, list[int]]
             in_stratum[fold] += len(cases_of[patient])
     all_cases = sorted(patients)
     return [{"train": sorted(set(all_cases) - set(fold)), "val": sorted(fold)} for fold in folds]
-
-
-def check_splits_format(splits, source: Path) -> None:
-    """Splits must be a list of folds, each {'train': [case, ...], 'val': [case, ...]}."""
-    def is_case_list(value) -> bool:
-        return isinstance(value, list) and all(isinstance(case, str) for case in value)
-
-    if not isinstance(splits, list) or not all(
-            isinstance(s, dict) and is_case_list(s.get("train")) and is_case_list(s.get("val")) for s in splits):
-        raise SDMCError(f"{source}: expected a list of {{'train': [case, ...], 'val': [case, ...]}}")
-    check_case_names([case for split in splits for case in (*split["train"], *split["val"])], source)
-
-
-def check_case_names(cases: list, source: Path) -> None:
-    """Case names read from `source` become file names: each must be one (raw_dataset.case_name_problem)."""
-    problems = sorted({problem for case in cases if (problem := case_name_problem(case))})
-    if problems:
-        raise SDMCError(f"{source}: {len(problems)} invalid case name(s): {'; '.join(problems[:3])}")
 
 
 def check_splits(splits, patients: dict[str, str], source: Path) -> None:
@@ -137,9 +119,9 @@ def move_holdout(raw_folder: Path, fraction: float, seed: int = SEED) -> list[st
         atomic_write_json(record, {"fraction": fraction, "seed": seed, "cases": held_out})
     for case in held_out:
         _move_case(raw_folder, case, dataset.file_ending, len(dataset.channel_names))
-    content = read_json(raw_folder / "dataset.json")
+    content = read_json(raw_folder / DATASET_FILE)
     content["numTraining"] = len(list((raw_folder / "labelsTr").glob(f"*{dataset.file_ending}")))
-    atomic_write_json(raw_folder / "dataset.json", content)
+    atomic_write_json(raw_folder / DATASET_FILE, content)
     return held_out
 
 

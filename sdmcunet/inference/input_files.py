@@ -29,7 +29,7 @@ import numpy as np
 
 from sdmcunet.imageio import DICOM_SUFFIXES, ImageGeometry, read_slice_with_geometry
 from sdmcunet.imageio.simpleitk_io import NIFTI_SUFFIXES, is_nifti
-from sdmcunet.raw_dataset import DatasetJson, load_dataset_json
+from sdmcunet.raw_dataset import DATASET_FILE, DatasetJson, load_dataset_json
 from sdmcunet.utils.errors import SDMCError
 from sdmcunet.utils.listing import listed
 
@@ -78,9 +78,9 @@ class _CaseFiles:
 def channel_numbering(folder: Path, model: DatasetJson) -> ChannelNumbering:
     """The numbering of the input's own dataset.json for a raw dataset's images folder, the model's elsewhere."""
     folder = folder.resolve()
-    if folder.name in RAW_IMAGE_FOLDERS and (folder.parent / "dataset.json").is_file():
+    if folder.name in RAW_IMAGE_FOLDERS and (folder.parent / DATASET_FILE).is_file():
         dataset = load_dataset_json(folder.parent)
-        return ChannelNumbering(dataset.file_ending, dataset.channel_names, folder.parent / "dataset.json")
+        return ChannelNumbering(dataset.file_ending, dataset.channel_names, folder.parent / DATASET_FILE)
     return ChannelNumbering(model.file_ending, model.channel_names, None)
 
 

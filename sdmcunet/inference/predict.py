@@ -14,9 +14,10 @@ from pathlib import Path
 import torch
 
 from sdmcunet.inference.input_files import find_input_cases
-from sdmcunet.inference.model_loading import LoadedModel, find_model_folder, load_model
+from sdmcunet.inference.model_loading import LoadedModel, load_model
 from sdmcunet.inference.predictor import PredictionOptions, PredictionRun, predict_folder
-from sdmcunet.training.model_folder import fold_folder
+from sdmcunet.results.layout import FINAL_CHECKPOINT, PLANS_FILE
+from sdmcunet.results.trained_model import TrainedModel
 from sdmcunet.utils.cli import configure_logging, console_entry, non_negative_int, positive_int, random_seed
 from sdmcunet.utils.errors import SDMCError
 from sdmcunet.utils.listing import listed
@@ -43,7 +44,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("-c", dest="configuration", default="2d", help="configuration (default 2d)")
     parser.add_argument("-f", dest="folds", nargs="+", default=None,
                         help="folds to average (default: every fold with a checkpoint); 'all' for fold_all")
-    parser.add_argument("-chk", dest="checkpoint", default="checkpoint_final.pth", help="checkpoint file name")
+    parser.add_argument("-chk", dest="checkpoint", default=FINAL_CHECKPOINT, help="checkpoint file name")
     parser.add_argument("--save_probabilities", action="store_true",
                         help="also write {case}.npz: class probabilities (and uncertainty with -num_samples > 1)")
     parser.add_argument("--overlays", action="store_true", help="also write overlays/{case}.png: lesions over the CT")
@@ -85,11 +86,11 @@ def _made_by(model: LoadedModel, checkpoint_name: str, options: PredictionOption
     """What decides the label maps: the model, its weights and the options that change predictions."""
     return {
         "model_folder": str(model.folder.resolve()), "trainer": model.trainer_name,
-        "plans": model.plans.get("plans_name"), "configuration": model.folds[0].configuration_name,
-        "folds": [str(trainer.fold) for trainer in model.folds], "checkpoint": checkpoint_name,
+        "plans": model.plans.plans_name, "configuration": model.configuration.name,
+        "folds": [fold.fold for fold in model.folds], "checkpoint": checkpoint_name,
         "checkpoint_fingerprints": {
-            str(trainer.fold): checkpoint_fingerprint(fold_folder(model.folder, trainer.fold) / checkpoint_name)
-            for trainer in model.folds},
+            fold.fold: checkpoint_fingerprint(model.model.fold(fold.fold).folder / checkpoint_name)
+            for fold in model.folds},
         "tta": options.tta, "num_samples": options.n_samples, "seed": options.seed,
     }
 
@@ -108,11 +109,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SDMCError("-device cuda was asked for but no CUDA GPU is available; use -device cpu")
     _check_folders(args.input, args.output)
-    folder = args.model_folder or find_model_folder(args.dataset_id, args.trainer, args.plans, args.configuration)
-    if not (folder / "plans.json").is_file():
-        raise SDMCError(f"{folder}: not a model folder (no plans.json)")
+    folder = args.model_folder or TrainedModel.find(args.dataset_id, args.trainer, args.plans, args.configuration).folder
+    if not (folder / PLANS_FILE).is_file():
+        raise SDMCError(f"{folder}: not a model folder (no {PLANS_FILE})")
     model = load_model(folder, args.folds, args.checkpoint, torch.device(args.device), args.trainer)
-    needed = {spec["source_channel"] for spec in model.configuration["input_channels"]}
+    needed = {channel.source_channel for channel in model.configuration.input_channels}
     listing = find_input_cases(args.input, model.dataset, needed)
     if listing.ignored:
         log.info("ignored %d file(s) of no supported kind: %s", len(listing.ignored), ", ".join(listing.ignored[:10]))

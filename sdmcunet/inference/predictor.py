@@ -17,12 +17,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from sdmcunet.imageio import DEFAULT_GEOMETRY, ImageGeometry, write_label_map, write_rgb_png
-from sdmcunet.imageio.probabilities import save_probabilities
+from sdmcunet.experiment_planning.plans_manager import ConfigurationManager
+from sdmcunet.imageio import DEFAULT_GEOMETRY, ImageGeometry
+from sdmcunet.inference.export import export_prediction
 from sdmcunet.inference.input_files import InputCase, InputListing, read_case_channels
 from sdmcunet.inference.model_loading import LoadedModel
-from sdmcunet.inference.overlays import display_image, lesion_overlay
-from sdmcunet.preprocessing.geometry import Geometry, channels_to_original, probabilities_to_original
+from sdmcunet.inference.overlays import display_image
+from sdmcunet.preprocessing.geometry import Geometry
 from sdmcunet.preprocessing.preprocessor import preprocess_image
 from sdmcunet.utils.errors import SDMCError
 from sdmcunet.utils.files import make_folder
@@ -46,7 +47,7 @@ class PredictionOptions:
 @dataclass
 class PreparedCase:
     case: InputCase
-    inputs: np.ndarray  # (input channels, size, size) float32
+    inputs: np.ndarray  # (input channels, rows, columns) float32
     geometry: Geometry  # from the original slice to the network's input
     image_geometry: ImageGeometry  # where the original slice's pixels lie: its label map's too
     display: np.ndarray | None  # uint8 grey picture of the slice, for overlays
@@ -64,19 +65,18 @@ class Predictor:
 
     def __init__(self, model: LoadedModel, options: PredictionOptions):
         self.model, self.options = model, options
-        self.device = model.folds[0].device
+        self.device = model.device
 
     @torch.no_grad()
     def probabilities(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """(B, C, size, size) inputs -> (B, classes, size, size) probabilities and (B, size, size) uncertainty."""
+        """(B, C, rows, columns) inputs -> (B, classes, rows, columns) probabilities and (B, rows, columns) uncertainty."""
         batch = torch.from_numpy(images).to(self.device)
         views = [(batch, False)] + ([(batch.flip(MIRROR_AXIS), True)] if self.options.tta else [])
         total, spread, count = 0.0, 0.0, 0
-        for trainer in self.model.folds:
+        for fold in self.model.folds:
             for view, mirrored in views:
                 with torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
-                    probabilities, uncertainty = trainer.sample_probabilities(view, self.options.n_samples,
-                                                                              self.options.seed)
+                    probabilities, uncertainty = fold.segmenter(view, self.options.n_samples, self.options.seed)
                 if mirrored:
                     probabilities = probabilities.flip(MIRROR_AXIS)
                     uncertainty = None if uncertainty is None else uncertainty.flip(MIRROR_AXIS)
@@ -96,7 +96,7 @@ def output_paths(output: Path, case: InputCase, options: PredictionOptions) -> l
     return paths
 
 
-def prepare_case(case: InputCase, configuration: dict, channel_names: dict[int, str],
+def prepare_case(case: InputCase, configuration: ConfigurationManager, channel_names: dict[int, str],
                  with_display: bool) -> PreparedCase | str:
     """Read and preprocess one case as the plans say; a user-facing reason when it cannot be."""
     try:
@@ -106,7 +106,7 @@ def prepare_case(case: InputCase, configuration: dict, channel_names: dict[int, 
         return str(error)
     display = None
     if with_display:
-        channel = configuration["input_channels"][0]["source_channel"]
+        channel = configuration.input_channels[0].source_channel
         display = display_image(raw_channels[channel], channel_names[channel].upper() == "CT")
     return PreparedCase(case, inputs, geometry, image_geometry or DEFAULT_GEOMETRY, display)
 
@@ -114,16 +114,10 @@ def prepare_case(case: InputCase, configuration: dict, channel_names: dict[int, 
 def export_case(prepared: PreparedCase, probabilities: np.ndarray, uncertainty: np.ndarray | None,
                 output: Path, options: PredictionOptions) -> None:
     """Map a case's network-geometry outputs back to its original geometry and write them."""
-    original = probabilities_to_original(probabilities, prepared.geometry)
-    label_map = original.argmax(0).astype(np.uint8)
     label_path, *extra_paths = output_paths(output, prepared.case, options)
-    if options.save_probabilities:
-        original_uncertainty = None if uncertainty is None else channels_to_original(uncertainty[None],
-                                                                                      prepared.geometry)[0]
-        save_probabilities(extra_paths.pop(0), original, original_uncertainty)
-    if options.overlays:
-        write_rgb_png(lesion_overlay(prepared.display, label_map), extra_paths.pop(0))
-    write_label_map(label_map, label_path, prepared.image_geometry)  # last: a label map means the case is complete
+    export_prediction(probabilities, prepared.geometry, label_path, prepared.image_geometry,
+                      extra_paths.pop(0) if options.save_probabilities else None, uncertainty,
+                      extra_paths.pop(0) if options.overlays else None, prepared.display)
 
 
 def predict_folder(model: LoadedModel, listing: InputListing, output: Path, options: PredictionOptions,
@@ -138,7 +132,7 @@ def predict_folder(model: LoadedModel, listing: InputListing, output: Path, opti
         log.info("%d case(s) already predicted in %s (skipped; --overwrite to redo them)", len(skipped), output)
     run = PredictionRun([], [case.name for case in skipped], dict(listing.problems))
     predictor = Predictor(model, options)
-    batch_size = model.configuration["families"][type(model.folds[0]).family]["batch_size"]
+    batch_size = model.family.batch_size
     prepare = partial(prepare_case, configuration=model.configuration, channel_names=model.dataset.channel_names,
                       with_display=options.overlays)
     pool = worker_pool(num_processes) if num_processes > 0 else ThreadPool(1)

@@ -1,4 +1,4 @@
-"""The four baseline segmentation networks (DESIGN §6), built from MONAI with plan sizes."""
+"""The four baseline segmentation networks (docs/design.md §6), built from MONAI with plan sizes."""
 
 from pathlib import Path
 from typing import Callable

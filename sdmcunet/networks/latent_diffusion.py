@@ -1,4 +1,4 @@
-"""The SDMC-Seg parts (DESIGN §5) as diffusers models, built from plan sizes.
+"""The SDMC-Seg parts (docs/design.md §5) as diffusers models, built from plan sizes.
 
 Sizes use the vocabulary of the LDM configs (model_channels, channel_mult, ...), so the
 published "sd" plan reads like the paper's config; these builders translate to diffusers.
@@ -60,7 +60,7 @@ def _head_widths(sizes: dict) -> set[int]:
     return {width // sizes["num_heads"] for width in [*with_attention, channels[-1]]}
 
 
-def build_denoiser(sizes: dict, latent_size: int) -> UNet2DModel:
+def build_denoiser(sizes: dict, latent_size: int | tuple[int, int]) -> UNet2DModel:
     """The LDM UNet: input concat(noisy mask latent, image latent) = 8 channels, output 4.
 
     Matches the LDM openaimodel layout, so that LDM checkpoints convert weight for weight and

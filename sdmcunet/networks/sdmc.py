@@ -1,4 +1,4 @@
-"""SDMC-Seg (DESIGN §5): a mask's latent reconstructed in one denoising step from the CT latent.
+"""SDMC-Seg (docs/design.md §5): a mask's latent reconstructed in one denoising step from the CT latent.
 
     mask -> one-hot -> [-1, 1] 3-colour image -> frozen mask VAE encoder -> z0 (x scale factor)
     CT   -> image encoder (VAE encoder + 1x1 conv 8->4)                  -> c
@@ -17,7 +17,7 @@ in minutes. A v UNet outputs about -z0 there, and at no t is its error amplified
 
 The decoded class channels (about -1..1) are turned into probabilities by a softmax of their
 values times COLOUR_SHARPNESS, so that several noise draws, folds or models can be averaged. A
-softmax keeps the argmax over the decoded channels (DESIGN §5) wherever they lie; clipping to
+softmax keeps the argmax over the decoded channels (docs/design.md §5) wherever they lie; clipping to
 [0, 1] and normalising did not: a lesion decoded with every channel below -1, or with two
 channels above 1, became a tie that argmax settled as non-stroke.
 """
@@ -32,10 +32,13 @@ from torch.nn import functional as F
 
 from sdmcunet.experiment_planning.plans import PREDICTION_TYPES
 from sdmcunet.networks.latent_diffusion import (
-    LATENT_CHANNELS, build_autoencoder, build_denoiser, latent_multiple, padded_latent_size,
+    DOWNSAMPLING_FACTOR, LATENT_CHANNELS, build_autoencoder, build_denoiser, latent_multiple, padded_latent_size,
 )
 
 log = logging.getLogger("sdmcunet.networks")
+# Sub-modules by attribute name, as state dicts, checkpoints and imports address their weights.
+MASK_AUTOENCODER, IMAGE_ENCODER, DENOISER = "mask_autoencoder", "image_encoder", "denoiser"  # of SDMCSeg
+AUTOENCODER = "autoencoder"  # of MaskAutoencoder
 NUM_MASK_COLOURS = 3  # non-stroke, ischemic, hemorrhagic -> red, green, blue
 # An exactly encoded class (+1 against -1) gets probability 0.995; the argmax ignores the value.
 COLOUR_SHARPNESS = 3.0
@@ -88,19 +91,21 @@ class ImageEncoder(nn.Module):
 
 class SDMCSeg(nn.Module):
     """`networks`: the plans' sizes of `autoencoder`, `image_encoder` and `denoiser`; `diffusion`: the noise
-    schedule and `prediction_type`; `latent_size`: the latent side (image size / 8) the plans train at."""
+    schedule and `prediction_type`; `latent_size`: the latent's side or (rows, columns), image size / 8."""
 
-    def __init__(self, networks: dict, diffusion: dict, latent_size: int):
+    def __init__(self, networks: dict, diffusion: dict, latent_size: int | tuple[int, int]):
         super().__init__()
+        rows, columns = (latent_size, latent_size) if isinstance(latent_size, int) else latent_size
         self.mask_autoencoder = build_autoencoder(networks["autoencoder"])
         self.mask_autoencoder.requires_grad_(False)
         self.image_encoder = ImageEncoder(networks["autoencoder"], networks["image_encoder"]["dropout"])
-        self.denoiser = build_denoiser(networks["denoiser"], latent_size)
+        self.denoiser = build_denoiser(networks["denoiser"], rows if rows == columns else (rows, columns))
         self.latent_multiple = latent_multiple(networks["denoiser"])
-        if latent_size % self.latent_multiple:
-            log.warning("latent size %d: the denoiser downsamples to 1/%d, so its latents are zero-padded to %d "
-                        "(image sizes that are multiples of %d need no padding)", latent_size, self.latent_multiple,
-                        padded_latent_size(networks["denoiser"], latent_size), 8 * self.latent_multiple)
+        if rows % self.latent_multiple or columns % self.latent_multiple:
+            padded = [padded_latent_size(networks["denoiser"], side) for side in (rows, columns)]
+            log.warning("latent size %s: the denoiser downsamples to 1/%d, so its latents are zero-padded to %s "
+                        "(image sides that are multiples of %d need no padding)", (rows, columns),
+                        self.latent_multiple, tuple(padded), DOWNSAMPLING_FACTOR * self.latent_multiple)
         self.register_buffer("alphas_cumprod", noise_schedule(diffusion).alphas_cumprod.float())
         if diffusion["prediction_type"] not in PREDICTION_TYPES:
             raise ValueError(f"prediction_type {diffusion['prediction_type']!r} is not one of {', '.join(PREDICTION_TYPES)}")
@@ -150,7 +155,7 @@ class SDMCSeg(nn.Module):
         return self.loss(image, label_map)
 
     def loss(self, image: torch.Tensor, label_map: torch.Tensor, denoiser: nn.Module | None = None) -> torch.Tensor:
-        """The single-step training loss of DESIGN §5 for one batch."""
+        """The single-step training loss of docs/design.md §5 for one batch."""
         mask_latent = self.encode_mask(label_map) * self.scale_factor
         image_latent = self.condition(image)
         timesteps = torch.randint(0, len(self.alphas_cumprod), (image.shape[0],), device=image.device)

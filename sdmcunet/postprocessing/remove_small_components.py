@@ -4,7 +4,7 @@
 
 Per foreground class, 8-connected components smaller than the class's threshold (pixels) become
 non-stroke. A threshold is kept only if it raises the cross-validation Stroke2021 DSC Mean
-(DESIGN §7); `postprocessing.json` records the choice and the score of every candidate.
+(docs/design.md §7); `postprocessing.json` records the choice and the score of every candidate.
 
 Each output label map keeps the format and geometry of its input. `postprocessing_info.json`
 records the input folder (and what made it) and the postprocessing file; an output folder made
@@ -21,7 +21,7 @@ import numpy as np
 from scipy import ndimage
 
 from sdmcunet.evaluation.metrics import FOREGROUND_LABELS, nanmean, slice_scores, to_json_safe
-from sdmcunet.evaluation.trained_model import CasePair
+from sdmcunet.results.trained_model import CasePair
 from sdmcunet.imageio import write_label_map
 from sdmcunet.imageio.label_map_folders import label_map_files, read_label_map, read_label_map_with_geometry
 from sdmcunet.labels import CLASS_ABBREVIATIONS

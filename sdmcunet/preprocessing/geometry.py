@@ -1,11 +1,13 @@
-"""Between the original image and the network's square input, both ways.
+"""Between the original image and the network's input, both ways.
 
 Forward: crop to the head (the largest bright connected region, so the CT table is left
-out), pad to a square (the aspect ratio is kept), resize to the plan's image size. Backward:
+out), pad to the network input's aspect ratio (a square for a square input: the slice's own
+aspect ratio is kept), resize to the plan's image size (rows, columns). Backward:
 the exact inverse, for probabilities (interpolated) or label maps (per-class interpolation and
 argmax, so classes never mix into values that are not labels).
 """
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -21,7 +23,7 @@ AIR_HU = -500.0
 class Geometry:
     original_shape: tuple[int, int]
     crop_box: tuple[int, int, int, int]  # row start, row stop, column start, column stop
-    padding: tuple[int, int, int, int]  # top, bottom, left, right, added to make the crop square
+    padding: tuple[int, int, int, int]  # top, bottom, left, right: the crop padded to the network's aspect ratio
     network_shape: tuple[int, int]
 
     def to_json(self) -> dict:
@@ -45,16 +47,21 @@ def head_box(channel: np.ndarray, is_hounsfield: bool) -> tuple[int, int, int, i
             max(columns.start - HEAD_MARGIN, 0), min(columns.stop + HEAD_MARGIN, channel.shape[1]))
 
 
-def plan_geometry(original_shape: tuple[int, int], crop_box: tuple[int, int, int, int], size: int) -> Geometry:
+def plan_geometry(original_shape: tuple[int, int], crop_box: tuple[int, int, int, int],
+                  size: tuple[int, int]) -> Geometry:
+    """The crop padded (centred) to the aspect ratio of the network's `size` (rows, columns), so that resizing
+    keeps the slice's own aspect ratio: a square for a square size."""
     height, width = crop_box[1] - crop_box[0], crop_box[3] - crop_box[2]
-    side = max(height, width)
-    top, left = (side - height) // 2, (side - width) // 2
+    rows, columns = size
+    padded_height = max(height, math.ceil(width * rows / columns))
+    padded_width = max(width, math.ceil(height * columns / rows))
+    top, left = (padded_height - height) // 2, (padded_width - width) // 2
     return Geometry(tuple(original_shape), tuple(crop_box),
-                    (top, side - height - top, left, side - width - left), (size, size))
+                    (top, padded_height - height - top, left, padded_width - width - left), (rows, columns))
 
 
 def image_to_network(image: np.ndarray, geometry: Geometry, interpolation: str) -> np.ndarray:
-    """(C, H, W) in the original geometry -> (C, size, size) float32; padding is 0."""
+    """(C, H, W) in the original geometry -> (C, rows, columns) of the network, float32; padding is 0."""
     cropped = _crop_and_pad(image, geometry)
     return _resize(torch.from_numpy(cropped), geometry.network_shape, interpolation).numpy()
 
@@ -65,17 +72,17 @@ def label_to_network(label_map: np.ndarray, geometry: Geometry, num_classes: int
 
 
 def channels_to_original(channels: np.ndarray, geometry: Geometry) -> np.ndarray:
-    """(K, size, size) maps -> (K, H, W), bilinear; 0 outside the crop."""
-    square = _resize(torch.from_numpy(channels.astype(np.float32)), _square_shape(geometry), "bilinear").numpy()
+    """(K, rows, columns) maps of the network -> (K, H, W), bilinear; 0 outside the crop."""
+    padded = _resize(torch.from_numpy(channels.astype(np.float32)), _padded_shape(geometry), "bilinear").numpy()
     output = np.zeros((channels.shape[0], *geometry.original_shape), dtype=np.float32)
     r0, r1, c0, c1 = geometry.crop_box
     top, bottom, left, right = geometry.padding
-    output[:, r0:r1, c0:c1] = square[:, top:square.shape[1] - bottom, left:square.shape[2] - right]
+    output[:, r0:r1, c0:c1] = padded[:, top:padded.shape[1] - bottom, left:padded.shape[2] - right]
     return output
 
 
 def probabilities_to_original(probabilities: np.ndarray, geometry: Geometry) -> np.ndarray:
-    """(K, size, size) class probabilities -> (K, H, W); outside the crop, background is certain."""
+    """(K, rows, columns) class probabilities -> (K, H, W); outside the crop, background is certain."""
     output = channels_to_original(probabilities, geometry)
     r0, r1, c0, c1 = geometry.crop_box
     outside = np.ones(geometry.original_shape, dtype=bool)
@@ -94,7 +101,7 @@ def resize_label_map(label_map: np.ndarray, shape: tuple[int, int], num_classes:
     return _resize(one_hot, shape, "bilinear").argmax(0).numpy().astype(np.uint8)
 
 
-def _square_shape(geometry: Geometry) -> tuple[int, int]:
+def _padded_shape(geometry: Geometry) -> tuple[int, int]:
     r0, r1, c0, c1 = geometry.crop_box
     top, bottom, left, right = geometry.padding
     return r1 - r0 + top + bottom, c1 - c0 + left + right

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sdmcunet.experiment_planning.plans_manager import ConfigurationManager
 from sdmcunet.imageio import read_label_slice
 from sdmcunet.preprocessing.geometry import Geometry, head_box, image_to_network, label_to_network, plan_geometry
 from sdmcunet.preprocessing.normalization import normalise
@@ -30,9 +31,9 @@ LOCATIONS_PER_CLASS = 1000
 PLAN_KEYS = ("input_channels", "crop_to_head", "image_size", "image_interpolation")
 
 
-def preprocessing_key(configuration: dict, num_classes: int) -> str:
+def preprocessing_key(configuration: ConfigurationManager, num_classes: int) -> str:
     """Changes when any setting that shapes the preprocessed arrays changes."""
-    relevant = {key: configuration[key] for key in PLAN_KEYS} | {"num_classes": num_classes, "version": 1}
+    relevant = {key: configuration.content[key] for key in PLAN_KEYS} | {"num_classes": num_classes, "version": 1}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -40,7 +41,7 @@ def _source_stamp(case: RawCase) -> list:
     return [[path.name, path.stat().st_size, path.stat().st_mtime_ns] for path in [*case.images, case.label]]
 
 
-def preprocess_case(case: RawCase, configuration: dict, channel_names: dict[int, str], num_classes: int, seed: int):
+def preprocess_case(case: RawCase, configuration: ConfigurationManager, channel_names: dict[int, str], num_classes: int, seed: int):
     """One raw case -> (input array, label map, properties) in the network geometry."""
     raw = [read_raw_image(path) for path in case.images]
     raw_channels = np.stack([array for array, _ in raw]).astype(np.float32)
@@ -59,9 +60,9 @@ def preprocess_case(case: RawCase, configuration: dict, channel_names: dict[int,
     return inputs.astype(np.float16), network_labels, properties
 
 
-def preprocess_image(raw_channels: np.ndarray, configuration: dict, channel_names: dict[int, str],
+def preprocess_image(raw_channels: np.ndarray, configuration: ConfigurationManager, channel_names: dict[int, str],
                      source: Path | str) -> tuple[np.ndarray, Geometry]:
-    """(raw channels, H, W) -> network input (input channels, size, size) float32 and the geometry
+    """(raw channels, H, W) -> network input (input channels, rows, columns) float32 and the geometry
     that maps predictions back. Raw channels not used by the plans may hold anything (e.g. zeros)."""
     if not np.isfinite(raw_channels).all():
         raise SDMCError(f"{source}: holds NaN or infinite intensities")
@@ -69,12 +70,12 @@ def preprocess_image(raw_channels: np.ndarray, configuration: dict, channel_name
         raise SDMCError(f"{source}: empty image (shape {raw_channels.shape[1:]})")
     shape = raw_channels.shape[1:]
     crop = (0, shape[0], 0, shape[1])
-    if configuration["crop_to_head"]:
-        head_channel = configuration["input_channels"][0]["source_channel"]
+    if configuration.crop_to_head:
+        head_channel = configuration.input_channels[0].source_channel
         crop = head_box(raw_channels[head_channel], channel_names[head_channel].upper() == "CT")
-    geometry = plan_geometry(shape, crop, configuration["image_size"][0])
-    inputs = image_to_network(normalise(raw_channels, configuration["input_channels"]), geometry,
-                              configuration["image_interpolation"])
+    geometry = plan_geometry(shape, crop, configuration.image_size)
+    inputs = image_to_network(normalise(raw_channels, configuration.input_channels), geometry,
+                              configuration.image_interpolation)
     return inputs, geometry
 
 
@@ -89,7 +90,7 @@ def _class_locations(label_map: np.ndarray, num_classes: int, seed: int) -> dict
     return locations
 
 
-def _process_and_save(item: tuple[str, RawCase], output: Path, configuration: dict, channel_names: dict[int, str],
+def _process_and_save(item: tuple[str, RawCase], output: Path, configuration: ConfigurationManager, channel_names: dict[int, str],
                       num_classes: int, key: str) -> str:
     case_id, case = item
     seed = int(hashlib.sha256(case_id.encode()).hexdigest()[:8], 16)  # same samples on every run
@@ -109,7 +110,7 @@ def _up_to_date(output: Path, case_id: str, case: RawCase, key: str) -> bool:
     return properties.get("preprocessing_key") == key and properties.get("source") == _source_stamp(case)
 
 
-def preprocess_dataset(cases: dict[str, RawCase], output: Path, gt_folder: Path, configuration: dict,
+def preprocess_dataset(cases: dict[str, RawCase], output: Path, gt_folder: Path, configuration: ConfigurationManager,
                        channel_names: dict[int, str], num_classes: int, num_processes: int = 1) -> int:
     """Preprocess every case not already up to date; returns how many were processed."""
     output.mkdir(parents=True, exist_ok=True)
@@ -135,9 +136,9 @@ def _copy_ground_truth(cases: dict[str, RawCase], gt_folder: Path) -> None:
                 shutil.copyfile(case.label, temporary)
 
 
-def _check_disk_space(output: Path, num_cases: int, configuration: dict) -> None:
-    height, width = configuration["image_size"]
-    per_case = height * width * (2 * len(configuration["input_channels"]) + 1) + 64 * 1024  # arrays + json + label
+def _check_disk_space(output: Path, num_cases: int, configuration: ConfigurationManager) -> None:
+    height, width = configuration.image_size
+    per_case = height * width * (2 * configuration.num_input_channels + 1) + 64 * 1024  # arrays + json + label
     needed = int(1.1 * num_cases * per_case)
     free = shutil.disk_usage(output).free
     if free < needed:

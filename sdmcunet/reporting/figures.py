@@ -13,7 +13,7 @@ from matplotlib.ticker import MaxNLocator
 
 from sdmcunet.inference.overlays import lesion_overlay, mask_picture
 from sdmcunet.labels import CLASS_ABBREVIATIONS, MASK_IMAGE_COLOURS, NON_STROKE
-from sdmcunet.training.progress import TrainingHistory
+from sdmcunet.results.history import TrainingHistory
 
 PANEL_INCHES = 2.4
 DPI = 100

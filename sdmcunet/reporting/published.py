@@ -1,4 +1,4 @@
-"""The published results the report sets beside the measured ones (DESIGN §5, §6).
+"""The published results the report sets beside the measured ones (docs/design.md §5, §6).
 
 Mean Dice over IS and HS (NS excluded) from the SDMC-Seg paper; they are quoted, never measured
 here, and the report labels them so.

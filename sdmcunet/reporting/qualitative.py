@@ -17,7 +17,9 @@ from sdmcunet.imageio import read_label_slice
 from sdmcunet.inference.overlays import display_image
 from sdmcunet.labels import HEMORRHAGIC, ISCHEMIC
 from sdmcunet.raw_dataset import DatasetJson, image_file_name, label_file_name, read_raw_image
-from sdmcunet.reporting.collect import Fold, Model, Results
+from sdmcunet.reporting.collect import Results
+from sdmcunet.results.layout import references_folder
+from sdmcunet.results.trained_model import FoldResult, TrainedModel
 from sdmcunet.reporting.document import Figure, Section
 from sdmcunet.reporting.figures import image_grid, overlay
 
@@ -57,15 +59,15 @@ def choose_slices(areas: dict[str, np.ndarray], categories=SLICE_CATEGORIES) -> 
     return chosen
 
 
-def predicted_cases(fold: Fold, file_ending: str) -> set[str]:
+def predicted_cases(fold: FoldResult, file_ending: str) -> set[str]:
     return {path.name[: -len(file_ending)] for path in fold.validation.glob(f"*{file_ending}")}
 
 
-def fold_to_show(models: list[Model], file_ending: str) -> tuple[str, dict[str, Fold]] | None:
+def fold_to_show(models: list[TrainedModel], file_ending: str) -> tuple[str, dict[str, FoldResult]] | None:
     """The lowest cross-validation fold predicted by the most models, and those models' folds."""
-    by_fold: dict[str, dict[str, Fold]] = {}
+    by_fold: dict[str, dict[str, FoldResult]] = {}
     for model in models:
-        for fold in model.folds:
+        for fold in model.finished_folds():
             if fold.is_cross_validation and predicted_cases(fold, file_ending):
                 by_fold.setdefault(fold.name, {})[model.trainer] = fold
     if not by_fold:
@@ -86,7 +88,7 @@ def slice_picture(raw_folder: Path | None, case: str, dataset: DatasetJson) -> n
     return display_image(read_raw_image(path)[0], "CT" in channels)
 
 
-def _slice_panels(case: str, reference: np.ndarray, folds: dict[str, Fold], image: np.ndarray | None,
+def _slice_panels(case: str, reference: np.ndarray, folds: dict[str, FoldResult], image: np.ndarray | None,
                  file_ending: str) -> list[np.ndarray]:
     """CT alone, then the reference and each model's prediction over it."""
     predictions = [read_label_slice(fold.validation / label_file_name(case, file_ending))[0] for fold in folds.values()]
@@ -107,14 +109,14 @@ def qualitative_section(results: Results) -> Section:
                               f"preprocessed dataset {results.dataset_id} in the SDMC_preprocessed folder).")
         return section
     fold_name, folds = shown
-    references_folder = results.preprocessed_folder / "gt_segmentations"
-    references = {case: references_folder / label_file_name(case, ending)
+    references_root = references_folder(results.preprocessed_folder)
+    references = {case: references_root / label_file_name(case, ending)
                   for case in sorted(set.intersection(*(predicted_cases(fold, ending) for fold in folds.values())))}
     # only the class areas are kept: a fold of the full dataset holds over a thousand 512x512 slices
     chosen = choose_slices({case: class_areas(read_label_slice(path)[0]) for case, path in references.items()
                             if path.is_file()})
     if not chosen:
-        section.blocks.append(f"There is no qualitative comparison: {references_folder} holds no reference label map "
+        section.blocks.append(f"There is no qualitative comparison: {references_root} holds no reference label map "
                               f"of the validation cases of fold {fold_name}.")
         return section
     panels, without_image = [], []

@@ -13,18 +13,20 @@ import numpy as np
 import torch
 
 from sdmcunet.evaluation.metrics import nanmean, slice_scores
-from sdmcunet.experiment_planning.plans import configuration
-from sdmcunet.experiment_planning.splits import SPLITS_FILE, check_splits_format
 from sdmcunet.labels import HEMORRHAGIC, ISCHEMIC
-from sdmcunet.networks.sdmc import MaskAutoencoder
-from sdmcunet.reporting.collect import Fold, Results
+from sdmcunet.experiment_planning.plans import MASK_AUTOENCODER_FAMILY, SDMC_FAMILY
+from sdmcunet.results.checkpoints import load_checkpoint, load_state_checked, network_weights, sub_state
+from sdmcunet.results.layout import FINGERPRINT_FILE
+from sdmcunet.results.splits import fold_cases
+from sdmcunet.results.trained_model import FoldResult
+from sdmcunet.networks.sdmc import AUTOENCODER, MASK_AUTOENCODER, MaskAutoencoder
+from sdmcunet.reporting.collect import Results
 from sdmcunet.reporting.document import Figure, Section
 from sdmcunet.reporting.figures import image_grid, overlay
 from sdmcunet.reporting.qualitative import LESION_CATEGORIES, choose_slices, class_areas
 from sdmcunet.reporting.tables import folds_cell, lesion_mean, model_cell
-from sdmcunet.training.checkpoints import load_checkpoint, network_weights
-from sdmcunet.training.data_loading import PreprocessedCases
-from sdmcunet.training.mask_autoencoder_source import MASK_AUTOENCODER_TRAINER, load_state_checked
+from sdmcunet.preprocessing.preprocessed_cases import PreprocessedCases
+from sdmcunet.training.trainers import MASK_AUTOENCODER_TRAINER
 from sdmcunet.utils.errors import SDMCError
 from sdmcunet.utils.files import read_json
 
@@ -37,10 +39,9 @@ class LoadedAutoencoder:
     source: str  # where the weights came from, for the caption
 
 
-def _mask_autoencoder(sizes: dict, state: dict[str, torch.Tensor], prefix: str, source) -> MaskAutoencoder:
-    """A MaskAutoencoder holding the weights of `state` whose names start with `prefix`."""
+def _mask_autoencoder(sizes: dict, weights: dict[str, torch.Tensor], source) -> MaskAutoencoder:
+    """A MaskAutoencoder holding the autoencoder `weights`."""
     network = MaskAutoencoder(sizes)
-    weights = {name.removeprefix(prefix): tensor for name, tensor in state.items() if name.startswith(prefix)}
     load_state_checked(network.autoencoder, weights, source)
     return network.eval()
 
@@ -48,49 +49,47 @@ def _mask_autoencoder(sizes: dict, state: dict[str, torch.Tensor], prefix: str, 
 def pretrained_autoencoder(results: Results) -> LoadedAutoencoder:
     model = results.models.get(PRETRAINED_TRAINER)
     if model is not None:
-        fold = model.folds[0]
-        sizes = model.networks(results.configuration, "sdmc")["autoencoder"]
+        fold = model.finished_folds()[0]
+        sizes = model.plans.configuration(results.configuration).family(SDMC_FAMILY).networks["autoencoder"]
         state = network_weights(load_checkpoint(fold.checkpoint, PRETRAINED_TRAINER, mmap=True), fold.folder)
         origin = (f"the plans' {sizes['pretrained']} weights" if sizes.get("pretrained")
                   else "a random initialisation, as the plans name no pretrained weights")
-        return LoadedAutoencoder(_mask_autoencoder(sizes, state, "mask_autoencoder.", fold.checkpoint),
+        return LoadedAutoencoder(_mask_autoencoder(sizes, sub_state(state, MASK_AUTOENCODER), fold.checkpoint),
                                  f"the frozen mask autoencoder of {PRETRAINED_TRAINER} fold {fold.name}, {origin}")
-    sizes = configuration(results.plans, results.configuration)["families"]["mask_autoencoder"]["networks"]["autoencoder"]
+    sizes = results.plans.configuration(results.configuration).family(MASK_AUTOENCODER_FAMILY).networks["autoencoder"]
     if not sizes.get("pretrained"):
         raise SDMCError(f"no {PRETRAINED_TRAINER} model is trained and the plans start the mask autoencoder from "
                         f"random weights, so there is no pretrained mask autoencoder to compare with")
     from sdmcunet.weights.download import load_pretrained_autoencoder
 
     state = load_pretrained_autoencoder(sizes["pretrained"]).state_dict()
-    return LoadedAutoencoder(_mask_autoencoder(sizes, state, "", sizes["pretrained"]),
+    return LoadedAutoencoder(_mask_autoencoder(sizes, state, sizes["pretrained"]),
                              f"the plans' starting point, the {sizes['pretrained']} weights")
 
 
-def fine_tuned_autoencoder(results: Results) -> tuple[LoadedAutoencoder, Fold]:
+def fine_tuned_autoencoder(results: Results) -> tuple[LoadedAutoencoder, FoldResult]:
     model = results.models.get(MASK_AUTOENCODER_TRAINER)
     if model is None:
         raise SDMCError(f"no {MASK_AUTOENCODER_TRAINER} model is trained (train it with `sdmc_train "
                         f"{results.dataset_id} {results.configuration} 0 -tr {MASK_AUTOENCODER_TRAINER}`)")
-    fold = model.folds[0]
-    sizes = model.networks(results.configuration, "mask_autoencoder")["autoencoder"]
+    fold = model.finished_folds()[0]
+    sizes = model.plans.configuration(results.configuration).family(MASK_AUTOENCODER_FAMILY).networks["autoencoder"]
     state = load_checkpoint(fold.checkpoint, MASK_AUTOENCODER_TRAINER, mmap=True)["network"]
-    network = _mask_autoencoder(sizes, state, "autoencoder.", fold.checkpoint)
+    network = _mask_autoencoder(sizes, sub_state(state, AUTOENCODER), fold.checkpoint)
     return LoadedAutoencoder(network, f"{MASK_AUTOENCODER_TRAINER} fold {fold.name}"), fold
 
 
-def reference_masks(results: Results, fold: Fold) -> dict[str, np.ndarray]:
+def reference_masks(results: Results, fold: FoldResult) -> dict[str, np.ndarray]:
     """A few lesion masks the fine-tuned autoencoder did not train on (fold 'all': trained on all), by row title."""
     preprocessed = results.preprocessed_folder
     if preprocessed is None:
         raise SDMCError(f"the preprocessed dataset {results.dataset_id} (reference masks at the plans' image size) "
                         f"is not in the SDMC_preprocessed folder")
     if fold.is_cross_validation:
-        splits = read_json(preprocessed / SPLITS_FILE)
-        check_splits_format(splits, preprocessed / SPLITS_FILE)
-        cases = splits[int(fold.name)]["val"]
+        cases = fold_cases(preprocessed, int(fold.name))["val"]
     else:
-        cases = read_json(preprocessed / "dataset_fingerprint.json")["cases"]
-    data = PreprocessedCases(preprocessed / configuration(results.plans, results.configuration)["data_identifier"], cases)
+        cases = read_json(preprocessed / FINGERPRINT_FILE)["cases"]
+    data = PreprocessedCases(preprocessed / results.plans.configuration(results.configuration).data_identifier, cases)
     chosen = choose_slices({case: class_areas(data.labels(case)) for case in cases}, LESION_CATEGORIES)
     if not chosen:
         raise SDMCError(f"fold {fold.name} has no validation slice with a lesion")

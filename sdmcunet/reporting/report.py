@@ -12,7 +12,8 @@ import logging
 from datetime import datetime
 from pathlib import Path
 
-from sdmcunet.reporting.collect import Model, Results, collect_results
+from sdmcunet.reporting.collect import Results, collect_results
+from sdmcunet.results.trained_model import TrainedModel
 from sdmcunet.reporting.document import BulletList, Figure, Report, Section
 from sdmcunet.reporting.figures import training_curves
 from sdmcunet.reporting.published import PUBLISHED_MARK
@@ -20,7 +21,7 @@ from sdmcunet.reporting.qualitative import qualitative_section
 from sdmcunet.reporting.reconstruction import reconstruction_section
 from sdmcunet.reporting.render import figure_file_name, render_html, render_markdown
 from sdmcunet.reporting.tables import crossval_table, table3, table4
-from sdmcunet.training.mask_autoencoder_source import MASK_AUTOENCODER_TRAINER
+from sdmcunet.training.trainers import MASK_AUTOENCODER_TRAINER
 from sdmcunet.utils.cli import configure_logging, console_entry, non_negative_int
 from sdmcunet.utils.files import atomic_write_bytes
 
@@ -44,15 +45,16 @@ def _counted_folds(names: list[str]) -> str:
     return f"{len(names)} fold{'s' if len(names) > 1 else ''} ({', '.join(names)})"
 
 
-def _model_line(model: Model, results: Results) -> str:
-    finished = _counted_folds([fold.name for fold in model.folds])
-    evaluated = _counted_folds([fold.name for fold in model.evaluated_folds])
+def _model_line(model: TrainedModel, results: Results) -> str:
+    folds = model.finished_folds()
+    finished = _counted_folds([fold.name for fold in folds])
+    evaluated = _counted_folds([fold.name for fold in model.evaluated_folds()])
     line = f"{model.trainer}: {finished} finished, {evaluated} with a validation summary"
-    unevaluated = [fold.name for fold in model.folds if fold.is_cross_validation and fold.summary is None]
+    unevaluated = [fold.name for fold in folds if fold.is_cross_validation and fold.summary is None]
     if unevaluated:
         line += (f"; no validation/summary.json for fold {', '.join(unevaluated)} (make it with `sdmc_train "
                  f"{results.dataset_id} {results.configuration} FOLD -tr {model.trainer} -p {results.plans_name} --val`)")
-    if any(not fold.is_cross_validation for fold in model.folds):
+    if any(not fold.is_cross_validation for fold in folds):
         line += "; fold all trains on every case, so its validation is not held out and stays out of the tables"
     return line
 
@@ -93,9 +95,9 @@ def ablation_section(results: Results) -> Section:
 
 
 def curves_section(results: Results) -> Section:
-    def histories(models: list[Model]) -> dict:
+    def histories(models: list[TrainedModel]) -> dict:
         """Trainer -> (fold, history) of the folds trained here (an imported model's fold has no epochs)."""
-        trained = {model.trainer: [(fold.name, fold.history()) for fold in model.folds] for model in models}
+        trained = {model.trainer: [(fold.name, fold.history()) for fold in model.finished_folds()] for model in models}
         return {trainer: [(fold, history) for fold, history in folds if history.train_loss]
                 for trainer, folds in trained.items() if any(history.train_loss for _, history in folds)}
 

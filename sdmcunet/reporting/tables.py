@@ -13,7 +13,8 @@ import numpy as np
 
 from sdmcunet.evaluation.metrics import SLICE_METRICS, nanmean
 from sdmcunet.labels import CLASS_ABBREVIATIONS, HEMORRHAGIC, ISCHEMIC, NON_STROKE
-from sdmcunet.reporting.collect import Model, Results
+from sdmcunet.reporting.collect import Results
+from sdmcunet.results.trained_model import TrainedModel
 from sdmcunet.reporting.document import Table
 from sdmcunet.reporting.published import PUBLISHED_MARK, TABLE3, TABLE4, PublishedResult
 from sdmcunet.training.trainers import TRAINERS
@@ -54,17 +55,17 @@ def mean_std(values: list[float]) -> str:
     return text if len(finite) == len(values) else f"{text} ({len(finite)} of {len(values)} folds)"
 
 
-def model_cell(model: Model | None, value: SummaryValue) -> str:
+def model_cell(model: TrainedModel | None, value: SummaryValue) -> str:
     """mean ± std of one summary value over a model's evaluated folds ('–' if not trained: `folds_cell` says so)."""
     if model is None:
         return MISSING
-    return mean_std([value(fold.summary) for fold in model.evaluated_folds])
+    return mean_std([value(fold.summary) for fold in model.evaluated_folds()])
 
 
-def folds_cell(model: Model | None) -> str:
+def folds_cell(model: TrainedModel | None) -> str:
     if model is None:
         return NOT_TRAINED
-    names = [fold.name for fold in model.evaluated_folds]
+    names = [fold.name for fold in model.evaluated_folds()]
     return f"{len(names)} ({', '.join(names)})" if names else "0 (none evaluated)"
 
 

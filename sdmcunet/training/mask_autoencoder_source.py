@@ -5,25 +5,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from sdmcunet.training.checkpoints import load_checkpoint
-from sdmcunet.training.model_folder import fold_folder, model_folder
+from sdmcunet.experiment_planning.plans_manager import PlansManager
+from sdmcunet.networks.sdmc import AUTOENCODER
+from sdmcunet.results.checkpoints import load_checkpoint, load_state_checked, sub_state
+from sdmcunet.results.layout import FINAL_CHECKPOINT, fold_folder, model_folder
 from sdmcunet.utils.errors import SDMCError
 
 MASK_AUTOENCODER_TRAINER = "MaskAutoencoderTrainer"
-
-
-def load_state_checked(module: nn.Module, state: dict[str, torch.Tensor], source: Path | str) -> None:
-    """Load `state` into `module` exactly; the error names the keys that do not fit."""
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    mismatched = sorted(key for key in set(own) & set(state) if own[key].shape != state[key].shape)
-    if missing or unexpected or mismatched:
-        raise SDMCError(
-            f"{source}: weights of another architecture: missing {missing[:4]}, unexpected {unexpected[:4]}, "
-            f"shape mismatch {[(k, tuple(state[k].shape), tuple(own[k].shape)) for k in mismatched[:4]]}"
-        )
-    module.load_state_dict(state)
 
 
 def pretrained_sets(networks: dict) -> dict[str, str]:
@@ -37,7 +25,7 @@ def raise_if_weights_missing(trainer, fine_tuned: bool) -> None:
     """One error listing every set of initial weights that is missing (pretrained and fine-tuned alike)."""
     from sdmcunet.weights.download import missing_pretrained
 
-    missing = missing_pretrained(pretrained_sets(trainer.settings["networks"]))
+    missing = missing_pretrained(pretrained_sets(trainer.family_settings.networks))
     if fine_tuned and not fine_tuned_source(trainer).exists():
         missing.append(_how_to_fine_tune(trainer))
     if missing:
@@ -66,16 +54,16 @@ def fine_tuned_source(trainer) -> Path:
     path = trainer.options.get("mask_autoencoder")
     if path is not None:
         return Path(path)
-    folder = model_folder(trainer.plans["dataset_name"], MASK_AUTOENCODER_TRAINER, trainer.plans["plans_name"],
+    folder = model_folder(trainer.plans.dataset_name, MASK_AUTOENCODER_TRAINER, trainer.plans.plans_name,
                           trainer.configuration_name)
-    return fold_folder(folder, trainer.fold) / "checkpoint_final.pth"
+    return fold_folder(folder, trainer.fold) / FINAL_CHECKPOINT
 
 
 def _how_to_fine_tune(trainer) -> str:
     given = trainer.options.get("mask_autoencoder")
     if given is not None:
         return f"{given}: not found (the fine-tuned mask autoencoder given with -mask_autoencoder)"
-    dataset_id = trainer.plans["dataset_name"].split("_")[0].removeprefix("Dataset")
+    dataset_id = trainer.plans.dataset_name.split("_")[0].removeprefix("Dataset")
     return (f"{fine_tuned_source(trainer)}: no fine-tuned mask autoencoder for fold {trainer.fold}; train it with "
             f"`sdmc_train {dataset_id} {trainer.configuration_name} {trainer.fold} -tr {MASK_AUTOENCODER_TRAINER}`, "
             f"or give one with -mask_autoencoder FILE")
@@ -90,7 +78,7 @@ def load_fine_tuned(mask_autoencoder: nn.Module, trainer) -> Path:
     return path
 
 
-def _mask_autoencoder_state(path: Path, plans: dict) -> dict[str, torch.Tensor]:
+def _mask_autoencoder_state(path: Path, plans: PlansManager) -> dict[str, torch.Tensor]:
     if path.is_dir():  # a diffusers folder, e.g. from sdmc_convert_weights --kind vae
         from diffusers import AutoencoderKL
 
@@ -101,7 +89,7 @@ def _mask_autoencoder_state(path: Path, plans: dict) -> dict[str, torch.Tensor]:
 
         return convert_vae(read_compvis_state_dict(path)).state_dict()
     state = load_checkpoint(path, MASK_AUTOENCODER_TRAINER)
-    if state["dataset_name"] != plans["dataset_name"] or state["labels"] != plans["labels"]:
+    if state["dataset_name"] != plans.dataset_name or state["labels"] != plans.labels:
         raise SDMCError(f"{path}: a mask autoencoder of {state['dataset_name']} with labels {state['labels']}, "
-                        f"not of {plans['dataset_name']} with labels {plans['labels']}")
-    return {key.removeprefix("autoencoder."): value for key, value in state["network"].items()}
+                        f"not of {plans.dataset_name} with labels {plans.labels}")
+    return sub_state(state["network"], AUTOENCODER)

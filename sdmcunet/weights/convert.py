@@ -22,7 +22,7 @@ checkpoint (first stage, `model_ema.*`, schedule buffers) is ignored: the non-EM
 used, as diffusers does by default):
     time_embed.0 / time_embed.2             -> time_embedding.linear_1 / linear_2
     input_blocks.0.0                        -> conv_in, widened from 4 to 8 input channels: the
-                                               image-latent channels 4..7 start at zero (DESIGN §5)
+                                               image-latent channels 4..7 start at zero (docs/design.md §5)
     input_blocks.i.0 / i.1                  -> down_blocks.L.resnets.J / attentions.J, level by level
     input_blocks.i.0 closing a level        -> down_blocks.L.downsamplers.0 (a ResBlock with down=True)
     middle_block.0 / 1 / 2                  -> mid_block.resnets.0 / attentions.0 / resnets.1

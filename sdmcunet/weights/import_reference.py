@@ -58,12 +58,12 @@ from sdmcunet import paths
 from sdmcunet.dataset_conversion.convert_slice import CT_CHANNELS, FILE_ENDING
 from sdmcunet.experiment_planning import presets
 from sdmcunet.experiment_planning.planners import CONFIGURATION
-from sdmcunet.experiment_planning.plans import validate_plans
+from sdmcunet.experiment_planning.plans import MASK_AUTOENCODER_FAMILY, SDMC_FAMILY, validate_plans
 from sdmcunet.labels import LABELS
 from sdmcunet.networks.latent_diffusion import DOWNSAMPLING_FACTOR, LATENT_CHANNELS
 from sdmcunet.networks.sdmc import noise_schedule
-from sdmcunet.raw_dataset import find_dataset, load_dataset_json, make_dataset_json
-from sdmcunet.training.model_folder import fold_folder
+from sdmcunet.raw_dataset import DATASET_FILE, find_dataset, load_dataset_json, make_dataset_json
+from sdmcunet.results.layout import PLANS_FILE, fold_folder
 from sdmcunet.training.trainers import TRAINERS
 from sdmcunet.training.trainers.sdmc import SDMCTrainer
 from sdmcunet.utils.cli import configure_logging, console_entry, non_negative_int
@@ -158,8 +158,8 @@ def target_dataset(dataset_id: int | None) -> TargetDataset:
     dataset = load_dataset_json(folder)
     if dataset.labels != LABELS:
         raise SDMCError(f"{folder / 'dataset.json'}: labels {dataset.labels}; the reference model decodes {LABELS}")
-    return TargetDataset(folder.name, read_json(folder / "dataset.json"),
-                         _png_channel(dataset.channel_names, str(folder / "dataset.json")))
+    return TargetDataset(folder.name, read_json(folder / DATASET_FILE),
+                         _png_channel(dataset.channel_names, str(folder / DATASET_FILE)))
 
 
 def _png_channel(channel_names: Mapping[int, str], where: str) -> int:
@@ -181,11 +181,11 @@ def reference_plans(settings: ReferenceSettings, dataset: TargetDataset, autoenc
                                 "pretrained": settings.pretrained["denoiser"]},
     }
     published = all(_sizes_only(networks[part]) == _sizes_only(presets.SDMC_SIZES["sd"][part]) for part in networks)
-    families["sdmc"].update(networks=networks, diffusion=settings.diffusion, size_preset="sd" if published else None)
-    families["mask_autoencoder"].update(networks={"autoencoder": networks["autoencoder"]},
+    families[SDMC_FAMILY].update(networks=networks, diffusion=settings.diffusion, size_preset="sd" if published else None)
+    families[MASK_AUTOENCODER_FAMILY].update(networks={"autoencoder": networks["autoencoder"]},
                                         size_preset="sd" if published else None)
     if ema_decay is not None:
-        families["sdmc"]["schedule"]["ema_decay"] = ema_decay
+        families[SDMC_FAMILY]["schedule"]["ema_decay"] = ema_decay
     size = settings.image_size
     plans = {
         "plans_name": PLANS_NAME, "planner": "sdmc_import_reference", "dataset_name": dataset.name,
@@ -237,7 +237,7 @@ def convert_reference(weights: ReferenceWeights, settings: ReferenceSettings, da
     _check_schedule(settings, weights.buffers.get("alphas_cumprod"), checkpoint)
     unet = {key: denoiser[key] for key in ("model_channels", "channel_mult", "num_res_blocks", "attention_resolutions")}
     plans = reference_plans(settings, dataset, autoencoder, unet, weights.ema_decay)
-    sizes = plans["configurations"][CONFIGURATION]["families"]["sdmc"]["networks"]["denoiser"]
+    sizes = plans["configurations"][CONFIGURATION]["families"][SDMC_FAMILY]["networks"]["denoiser"]
     latent_size = settings.image_size // DOWNSAMPLING_FACTOR
     training_denoiser = convert_unet(weights.denoiser, latent_size, sizes, source=f"{checkpoint} (model)")
     ema_denoiser = (convert_unet(weights.ema_denoiser, latent_size, sizes, source=f"{checkpoint} (model_ema)")
@@ -290,8 +290,8 @@ def _write_into_place(model: ImportedModel, weights: ReferenceWeights, dataset: 
     shutil.rmtree(staging, ignore_errors=True)  # left over from an interrupted import: incomplete
     try:
         make_folder(staging)
-        atomic_write_json(staging / "plans.json", model.plans)
-        atomic_write_json(staging / "dataset.json", dataset.dataset_json)
+        atomic_write_json(staging / PLANS_FILE, model.plans)
+        atomic_write_json(staging / DATASET_FILE, dataset.dataset_json)
         _trainer_with(model, staging, weights).save("final")
         atomic_write_json(staging / IMPORT_RECORD, record)
         if destination.exists():  # an empty folder, checked before

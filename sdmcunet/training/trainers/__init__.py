@@ -4,6 +4,7 @@ Users add trainers without editing the package: a `sdmcunet.trainers` entry poin
 package (`MyTrainer = mypackage.trainers:MyTrainer`), or `-tr mypackage.trainers:MyTrainer`.
 """
 
+from sdmcunet.training.mask_autoencoder_source import MASK_AUTOENCODER_TRAINER
 from sdmcunet.training.trainers.base import Trainer
 from sdmcunet.training.trainers.baselines import ResUNet34Trainer, SegResNetTrainer, SwinUNETRTrainer, UNetTrainer
 from sdmcunet.training.trainers.mask_autoencoder import MaskAutoencoderTrainer
@@ -14,3 +15,5 @@ TRAINERS: Registry[Trainer] = Registry("trainer", "sdmcunet.trainers", Trainer)
 for _trainer in (UNetTrainer, ResUNet34Trainer, SegResNetTrainer, SwinUNETRTrainer, MaskAutoencoderTrainer,
                  SDMCFinetunedTrainer, SDMCPretrainedTrainer, SDMCFinetunedFrozenTrainer):
     TRAINERS.register(_trainer)
+
+__all__ = ["MASK_AUTOENCODER_TRAINER", "TRAINERS", "Trainer"]

@@ -1,14 +1,17 @@
 """The trainer every model runs on: plans in, checkpoints, progress and validation out.
 
-Subclasses change only what differs: `build_network`, `compute_loss`, and for models that do
-not output class logits directly (SDMC), `predict_probabilities`. Everything else (data,
-schedule, AMP, clipping, DDP, checkpoints, resume, logging, validation) lives here.
+Subclasses change only what differs: `build_network_architecture` (from the plans alone, so that
+inference builds the same network without a trainer), `compute_loss`, and for models that do not
+output class logits (SDMC) `segmenter`, `inference_weights` and `validation_segmenter`.
+Everything else (data, schedule, AMP, clipping, DDP, checkpoints, resume, logging, validation)
+lives here.
 """
 
 import logging
 import math
 import time
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterator
 
@@ -21,18 +24,23 @@ from tqdm import tqdm
 
 from sdmcunet.experiment_planning import presets
 from sdmcunet.experiment_planning.memory import MemoryModel, available_gigabytes
-from sdmcunet.experiment_planning.plans import configuration
-from sdmcunet.experiment_planning.splits import SPLITS_FILE, check_splits_format
-from sdmcunet.inference.validation import validate_fold
+from sdmcunet.experiment_planning.plans import BASELINE_FAMILY
+from sdmcunet.experiment_planning.plans_manager import ConfigurationManager, PlansManager
+from sdmcunet.networks.segmenters import Segmenter, SoftmaxSegmenter
 from sdmcunet.training.augmentation import training_transforms
-from sdmcunet.training.checkpoints import (
+from sdmcunet.results import layout
+from sdmcunet.results.checkpoints import (
     FROZEN_PARTS, load_checkpoint, network_weights, save_checkpoint, save_frozen_part,
 )
-from sdmcunet.training.data_loading import PreprocessedCases, TrainingBatches, validation_batches
+from sdmcunet.results.history import TrainingHistory
+from sdmcunet.results.splits import fold_cases
+from sdmcunet.results.trained_model import write_model_description
+from sdmcunet.preprocessing.preprocessed_cases import PreprocessedCases
+from sdmcunet.training.data_loading import TrainingBatches, validation_batches
 from sdmcunet.training.distributed import DistributedContext, all_reduce_sum, init_distributed
 from sdmcunet.training.fold_lock import fold_lock
-from sdmcunet.training.model_folder import fold_folder, model_folder, write_model_description
-from sdmcunet.training.progress import TrainingHistory
+from sdmcunet.training.progress import plot_progress
+from sdmcunet.training.validation import validate_fold
 from sdmcunet.utils.errors import SDMCError
 from sdmcunet.utils.files import make_folder, read_json, remove_unfinished_writes
 
@@ -43,44 +51,66 @@ NETWORK_SIZE_ERRORS = (ValueError, TypeError, RuntimeError, AssertionError, Look
 
 
 class Trainer:
-    family = "baseline"  # the plans family with this trainer's sizes, batch size and schedule
+    family = BASELINE_FAMILY  # the plans family with this trainer's sizes, batch size and schedule
     network_name = ""  # the one network of the family's `networks` this trainer builds; "": all of them
 
-    def __init__(self, plans: dict, configuration_name: str, fold: int | str, preprocessed_folder: Path,
+    def __init__(self, plans: dict | PlansManager, configuration_name: str, fold: int | str, preprocessed_folder: Path,
                  device: str = "cpu", epochs: int | None = None, iterations_per_epoch: int | None = None,
                  num_loader_workers: int = 0, seed: int = 12345, options: dict | None = None):
-        """`options`: trainer-specific command-line choices (e.g. a mask autoencoder file for SDMC)."""
-        self.plans, self.configuration_name, self.fold = plans, configuration_name, fold
-        self.config = configuration(plans, configuration_name)
-        if self.family not in self.config["families"]:
-            raise SDMCError(f"the plans' configuration {configuration_name!r} have no '{self.family}' family")
-        self.settings = self.config["families"][self.family]
-        self.schedule = dict(self.settings["schedule"])
-        if epochs is not None:
-            self.schedule["epochs"] = epochs
-        if iterations_per_epoch is not None:
-            self.schedule["iterations_per_epoch"] = iterations_per_epoch
+        """`plans`: validated plans (their JSON or a PlansManager); `epochs`, `iterations_per_epoch`: overrides of
+        the plans' schedule; `options`: trainer-specific command-line choices (e.g. a mask autoencoder file for SDMC)."""
+        self.plans = plans if isinstance(plans, PlansManager) else PlansManager(plans)
+        self.configuration_name, self.fold = configuration_name, fold
+        self.configuration = self.configuration_of(self.plans, configuration_name)
+        self.family_settings = self.configuration.family(self.family)
+        overrides = {"epochs": epochs, "iterations_per_epoch": iterations_per_epoch}
+        self.schedule = replace(self.family_settings.schedule, **{k: v for k, v in overrides.items() if v is not None})
         self.preprocessed_folder = preprocessed_folder
         self.device = torch.device(device)
         self.distributed: DistributedContext = init_distributed(self.device.type)
         if self.device.type == "cuda" and self.distributed.enabled:
             self.device = torch.device("cuda", self.distributed.local_rank)
         self.num_loader_workers, self.seed, self.options = num_loader_workers, seed, options or {}
-        self.num_classes = len(plans["labels"])
-        self.class_names = [name for name, value in sorted(plans["labels"].items(), key=lambda item: item[1])][1:]
-        self.in_channels = len(self.config["input_channels"])
-        self.model_folder = model_folder(plans["dataset_name"], type(self).__name__, plans["plans_name"], configuration_name)
-        self.output_folder = fold_folder(self.model_folder, fold)
+        self.num_classes = self.plans.num_classes
+        self.class_names = self.plans.class_names
+        self.in_channels = self.configuration.num_input_channels
+        self.model_folder = layout.model_folder(self.plans.dataset_name, type(self).__name__, self.plans.plans_name,
+                                                configuration_name)
+        self.output_folder = layout.fold_folder(self.model_folder, fold)
         self.history = TrainingHistory()
         self.epoch = self.iteration = 0
         self.best_selection = -math.inf
         self.network: nn.Module | None = None
         self._frozen_part_hashes: dict[str, str] = {}
 
+    # --- the network, from the plans alone (what inference uses) ----------------------------------
+    @classmethod
+    def configuration_of(cls, plans: PlansManager, configuration_name: str) -> ConfigurationManager:
+        """The plans' configuration, which must hold this trainer's family."""
+        configuration = plans.configuration(configuration_name)
+        if not configuration.has_family(cls.family):
+            raise SDMCError(f"the plans' configuration {configuration_name!r} have no '{cls.family}' family")
+        return configuration
+
+    @classmethod
+    def build_network_architecture(cls, configuration: ConfigurationManager) -> nn.Module:
+        """The architecture the plans' configuration gives this trainer; weights come later."""
+        raise NotImplementedError
+
+    @classmethod
+    def inference_weights(cls, state: dict, folder: Path) -> dict[str, torch.Tensor]:
+        """The network weights a checkpoint (lying in `folder`) predicts with."""
+        return network_weights(state, folder)
+
+    @classmethod
+    def segmenter(cls, network: nn.Module) -> Segmenter:
+        """Class probabilities from the network (see networks/segmenters.py)."""
+        return SoftmaxSegmenter(network)
+
     # --- what subclasses change -------------------------------------------------------------
     def build_network(self) -> nn.Module:
         """The architecture only: weights come from `load_initial_weights` or a checkpoint."""
-        raise NotImplementedError
+        return type(self).build_network_architecture(self.configuration)
 
     def load_initial_weights(self, network: nn.Module) -> None:
         """Pretrained weights a training starts from (none by default)."""
@@ -88,15 +118,13 @@ class Trainer:
     def compute_loss(self, batch: dict) -> torch.Tensor:
         raise NotImplementedError
 
+    def validation_segmenter(self) -> Segmenter:
+        """What the training's validations predict with (the network as it is being trained)."""
+        return type(self).segmenter(self.module)
+
     def predict_probabilities(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) inputs -> (B, classes, H, W) class probabilities."""
-        return torch.softmax(self.network(images), dim=1)
-
-    def sample_probabilities(self, images: torch.Tensor, n_samples: int = 1,
-                             seed: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Class probabilities and, for stochastic models, their per-pixel uncertainty over
-        `n_samples` draws seeded with `seed`; deterministic models return None for it."""
-        return self.predict_probabilities(images), None
+        return self.validation_segmenter()(images)[0]
 
     def validation_prediction(self, batch: dict) -> torch.Tensor:
         """Predicted label maps (B, H, W) for a validation batch."""
@@ -110,6 +138,20 @@ class Trainer:
     def final_validation(self, save_probabilities: bool = False) -> Path:
         """Predict the fold's validation cases in their original geometry and write summary.json."""
         return validate_fold(self, save_probabilities)
+
+    def validation_case_ids(self, cases: PreprocessedCases) -> list[str]:
+        """The validation cases the final validation predicts (all of them by default)."""
+        return cases.case_ids
+
+    def validation_probabilities(self, cases: PreprocessedCases, names: list[str]) -> np.ndarray:
+        """(B, classes, H, W) class probabilities of validation cases, in the network's geometry."""
+        images = torch.from_numpy(np.stack([cases.image(name) for name in names]).astype(np.float32)).to(self.device)
+        with torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
+            return self.predict_probabilities(images).float().cpu().numpy()
+
+    def validation_description(self) -> str | None:
+        """What the final validation's summary scores, when it is not a segmentation of the images."""
+        return None
 
     def training_case_ids(self, train_cases: list[str]) -> list[str]:
         """The cases training batches are drawn from (all of the fold's training cases by default)."""
@@ -149,12 +191,12 @@ class Trainer:
 
     def trained_networks(self) -> dict:
         """The plans' sizes of the networks this trainer builds, by name."""
-        networks = self.settings["networks"]
+        networks = self.family_settings.networks
         return {self.network_name: networks[self.network_name]} if self.network_name else networks
 
     def _plans_field(self, field: str) -> str:
         """`field` of this trainer's plans family, as messages name it."""
-        return (f"plans {self.plans['plans_name']}, configuration {self.configuration_name!r}: "
+        return (f"plans {self.plans.plans_name}, configuration {self.configuration_name!r}: "
                 f"families.{self.family}.{field}")
 
     def _networks_field(self) -> str:
@@ -172,8 +214,16 @@ class Trainer:
 
     def memory_models(self) -> list[MemoryModel]:
         """Memory models of the networks this trainer trains, built on PyTorch's meta device (nothing allocated)."""
-        family = self.settings | {"networks": self.trained_networks()}
-        return presets.memory_models(self.family, family, self.in_channels, max(self.config["image_size"]))
+        family = self.family_settings.content | {"networks": self.trained_networks()}
+        return presets.memory_models(self.family, family, self.in_channels, self.configuration.image_size)
+
+    def warn_if_planned_for_a_gpu(self) -> None:
+        """GPU plans (published sizes) train on a CPU, but at a pace of hours per epoch: say so before starting."""
+        target = self.plans.compute_target
+        if target.get("device") == "cuda" and self.device.type == "cpu":
+            log.warning("plans %s were sized for a GPU of %s GB; on the CPU their training is very slow: "
+                        "`sdmc_plan_and_preprocess -d ID --cpu` writes plans sized for the CPU",
+                        self.plans.plans_name, target.get("gpu_memory_target_gb"))
 
     def check_memory(self) -> None:
         """Refuse, before allocating anything, a training step that cannot fit this machine's memory: hand-edited
@@ -184,7 +234,7 @@ class Trainer:
         if available is None:
             log.warning("the free memory of %s is unknown: the plans' sizes are not checked against it", self.device)
             return
-        batch_size = self.distributed.share_of(self.settings["batch_size"])
+        batch_size = self.distributed.share_of(self.family_settings.batch_size)
         mixed_precision = self.device.type == "cuda"  # float16 activations
         if max(model.gigabytes(batch_size, mixed_precision) for model in models) > available:
             raise SDMCError(self._too_large_for_memory(models, batch_size, available, mixed_precision))
@@ -201,14 +251,14 @@ class Trainer:
                     f"for a batch of one image {beyond}; make these networks smaller")
         needed = max(model.gigabytes(batch_size, mixed_precision) for model in models)
         per_process = f" ({batch_size} per process)" if self.distributed.enabled else ""
-        return (f"{self._plans_field('batch_size')} = {self.settings['batch_size']}{per_process}: one training step "
+        return (f"{self._plans_field('batch_size')} = {self.family_settings.batch_size}{per_process}: one training step "
                 f"of {type(self).__name__} needs about {needed:,.1f} GB {beyond}; at most "
                 f"{fitting * self.distributed.world_size} images per batch fit: lower batch_size (or the network sizes)")
 
     @property
     def amp_dtype(self) -> torch.dtype:
         """The autocast precision on CUDA: the plans' `schedule.amp_dtype`, float16 by default."""
-        return getattr(torch, self.schedule.get("amp_dtype", "float16"))
+        return getattr(torch, self.schedule.amp_dtype)
 
     @property
     def module(self) -> nn.Module:
@@ -218,37 +268,31 @@ class Trainer:
     def build_optimizer(self) -> torch.optim.Optimizer:
         schedule = self.schedule
         parameters = [p for p in self.network.parameters() if p.requires_grad]
-        if schedule["optimizer"] == "adamw":
-            return torch.optim.AdamW(parameters, lr=schedule["learning_rate"], weight_decay=schedule["weight_decay"])
-        betas = tuple(schedule.get("adam_betas", (0.9, 0.999)))
-        return torch.optim.Adam(parameters, lr=schedule["learning_rate"], betas=betas, weight_decay=schedule["weight_decay"])
+        if schedule.optimizer == "adamw":
+            return torch.optim.AdamW(parameters, lr=schedule.learning_rate, weight_decay=schedule.weight_decay)
+        return torch.optim.Adam(parameters, lr=schedule.learning_rate, betas=schedule.adam_betas,
+                                weight_decay=schedule.weight_decay)
 
     def learning_rate_factor(self, step: int) -> float:
         """Linear warm-up, then constant or polynomial decay, as the schedule says."""
-        warmup = self.schedule.get("warmup_iterations", 0)
+        warmup = self.schedule.warmup_iterations
         if step < warmup:
             return (step + 1) / warmup
-        if self.schedule.get("lr_decay", "constant") == "poly":
-            total = self.schedule["epochs"] * self.schedule["iterations_per_epoch"]
+        if self.schedule.lr_decay == "poly":
+            total = self.schedule.epochs * self.schedule.iterations_per_epoch
             return max(0.0, 1 - (step - warmup) / max(1, total - warmup)) ** 0.9
         return 1.0
 
     def split(self) -> tuple[list[str], list[str]]:
-        cases = read_json(self.preprocessed_folder / "dataset_fingerprint.json")["cases"]
         if self.fold == "all":
+            cases = read_json(self.preprocessed_folder / layout.FINGERPRINT_FILE)["cases"]
             return cases, cases
-        splits_path = self.preprocessed_folder / SPLITS_FILE
-        if not splits_path.is_file():
-            raise SDMCError(f"{splits_path} missing; run sdmc_plan_and_preprocess, or train fold 'all'")
-        splits = read_json(splits_path)
-        check_splits_format(splits, splits_path)
-        if not 0 <= int(self.fold) < len(splits):
-            raise SDMCError(f"fold {self.fold} does not exist: {splits_path} has folds 0..{len(splits) - 1} (or 'all')")
-        return splits[int(self.fold)]["train"], splits[int(self.fold)]["val"]
+        split = fold_cases(self.preprocessed_folder, int(self.fold))
+        return split["train"], split["val"]
 
     # --- checkpoints --------------------------------------------------------------------------
     def checkpoint_path(self, kind: str) -> Path:
-        return self.output_folder / f"checkpoint_{kind}.pth"
+        return self.output_folder / layout.checkpoint_file(kind)
 
     def save(self, kind: str) -> None:
         """`latest` holds everything a resumed training needs; `best` and `final` what inference and further
@@ -260,8 +304,8 @@ class Trainer:
             self.save_frozen_parts()
         frozen = tuple(f"{name}." for name in self.frozen_parts())
         content = {
-            "trainer": type(self).__name__, "plans_name": self.plans["plans_name"],
-            "dataset_name": self.plans["dataset_name"], "labels": self.plans["labels"],
+            "trainer": type(self).__name__, "plans_name": self.plans.plans_name,
+            "dataset_name": self.plans.dataset_name, "labels": self.plans.labels,
             "configuration": self.configuration_name, "fold": str(self.fold),
             "epoch": self.epoch, "iteration": self.iteration, "best_selection": self.best_selection,
             "network": {key: value for key, value in self.module.state_dict().items() if not key.startswith(frozen)},
@@ -319,9 +363,10 @@ class Trainer:
         Memory, network sizes and data are checked before anything is written: a training that cannot
         start leaves no trace. The fold folder is then this training's alone until it returns."""
         self.check_memory()
+        self.warn_if_planned_for_a_gpu()
         self.initialize()
         train_cases, val_cases = self.split()
-        folder = self.preprocessed_folder / self.config["data_identifier"]
+        folder = self.preprocessed_folder / self.configuration.data_identifier
         train_data = PreprocessedCases(folder, self.training_case_ids(train_cases))
         val_data = PreprocessedCases(folder, val_cases)
         with self.exclusive_fold_folder():
@@ -346,9 +391,9 @@ class Trainer:
 
     def _train(self, train_data: PreprocessedCases, val_data: PreprocessedCases, resume: bool) -> None:
         if self.distributed.is_main:
-            write_model_description(self.model_folder, self.preprocessed_folder, self.plans)
+            write_model_description(self.model_folder, self.preprocessed_folder, self.plans.content)
             # the checkpoints a killed run was writing: useless, and each as large as a checkpoint
-            remove_unfinished_writes(self.output_folder, "checkpoint_*.pth")
+            remove_unfinished_writes(self.output_folder, layout.CHECKPOINT_PATTERN)
         if resume:
             self._resume()
         self.save_frozen_parts()
@@ -356,7 +401,7 @@ class Trainer:
                  "yes" if self.started_from_pretrained() else "no (random initialisation)")
         batches = self._training_batches(train_data)
         try:
-            while self.epoch < self.schedule["epochs"]:
+            while self.epoch < self.schedule.epochs:
                 self._train_epoch(batches, val_data)
         finally:
             if isinstance(batches, MultiThreadedAugmenter):
@@ -374,10 +419,10 @@ class Trainer:
         log.warning("no checkpoint in %s: starting from scratch", self.output_folder)
 
     def _training_batches(self, cases: PreprocessedCases):
-        loader = TrainingBatches(cases, self.distributed.share_of(self.settings["batch_size"]), self.seed,
+        loader = TrainingBatches(cases, self.distributed.share_of(self.family_settings.batch_size), self.seed,
                                  first_batch=self.iteration, num_workers=max(1, self.num_loader_workers),
                                  rank=self.distributed.rank)
-        transforms = training_transforms(self.config["image_size"])
+        transforms = training_transforms(self.configuration.image_size)
         if self.num_loader_workers == 0:
             return SingleThreadedAugmenter(loader, transforms)
         return MultiThreadedAugmenter(loader, transforms, self.num_loader_workers, num_cached_per_queue=4,
@@ -387,7 +432,7 @@ class Trainer:
         start = time.time()
         self.network.train()
         losses = []
-        progress = tqdm(range(self.schedule["iterations_per_epoch"]), desc=f"epoch {self.epoch}",
+        progress = tqdm(range(self.schedule.iterations_per_epoch), desc=f"epoch {self.epoch}",
                         disable=not self.distributed.is_main, leave=False)
         for _ in progress:
             losses.append(self.train_step(next(batches)))
@@ -403,13 +448,14 @@ class Trainer:
         self.history.epoch_seconds.append(time.time() - start)
         log.info("epoch %d: train loss %.4f, validation loss %.4f, Dice %s, %s %.4f, %.1f s", self.epoch,
                  self.history.train_loss[-1], val_loss, [round(d, 4) for d in dice],
-                 self.settings["selection_metric"], selection, self.history.epoch_seconds[-1])
+                 self.family_settings.selection_metric, selection, self.history.epoch_seconds[-1])
         if selection > self.best_selection:
             self.best_selection = selection
             self.save("best")
         self.save("latest")
         if self.distributed.is_main:
-            self.history.plot(self.output_folder / "progress.png", self.class_names, self.settings["selection_metric"])
+            plot_progress(self.history, self.output_folder / layout.PROGRESS_PLOT, self.class_names,
+                          self.family_settings.selection_metric)
 
     def train_step(self, batch: dict) -> float:
         batch = {key: value.to(self.device, non_blocking=True) if torch.is_tensor(value) else value
@@ -426,7 +472,7 @@ class Trainer:
             )
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
-        nn.utils.clip_grad_norm_(self.network.parameters(), self.schedule["grad_clip"])
+        nn.utils.clip_grad_norm_(self.network.parameters(), self.schedule.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
@@ -442,8 +488,8 @@ class Trainer:
         """Loss, Dice per class and the selection metric over the planned validation batches."""
         self.network.eval()
         counts = torch.zeros(3, self.num_classes - 1, dtype=torch.float64)  # TP, FP, FN per lesion class
-        total_loss, n_batches = 0.0, self.schedule["val_iterations"]
-        batch_size = self.distributed.share_of(self.settings["batch_size"])
+        total_loss, n_batches = 0.0, self.schedule.val_iterations
+        batch_size = self.distributed.share_of(self.family_settings.batch_size)
         start = self.distributed.rank * n_batches * batch_size
         for batch in validation_batches(cases, batch_size, n_batches, start):
             images = torch.from_numpy(batch["data"]).to(self.device)
@@ -459,7 +505,7 @@ class Trainer:
         tp, fp, fn = counts
         dice = (2 * tp / torch.clamp(2 * tp + fp + fn, min=1)).tolist()
         iou = (tp / torch.clamp(tp + fp + fn, min=1)).tolist()
-        selection = float(np.mean(iou if self.settings["selection_metric"] == "IoU" else dice))
+        selection = float(np.mean(iou if self.family_settings.selection_metric == "IoU" else dice))
         return total_loss / n_batches, dice, selection
 
     @contextmanager
@@ -468,7 +514,7 @@ class Trainer:
         if not self.distributed.is_main:
             yield
             return
-        handler = logging.FileHandler(self.output_folder / "training_log.txt")
+        handler = logging.FileHandler(self.output_folder / layout.TRAINING_LOG)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         logger = logging.getLogger("sdmcunet")
         logger.addHandler(handler)

@@ -1,27 +1,47 @@
-"""The four baselines of the published comparison (DESIGN §6): MONAI networks, Dice + CE."""
+"""The four baselines of the published comparison (docs/design.md §6): MONAI networks, trained with the plans'
+`loss` (Dice + cross-entropy as published)."""
 
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
+from sdmcunet.experiment_planning.plans import BASELINE_FAMILY
+from sdmcunet.experiment_planning.plans_manager import ConfigurationManager
 from sdmcunet.networks.baselines import build_baseline, load_encoder_weights
 from sdmcunet.training.trainers.base import Trainer
 
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (logits, labels (B, 1, H, W)) -> loss
+
+
+def segmentation_loss(name: str) -> Loss:
+    """The plans' `loss` (plans.BASELINE_LOSSES): dice_ce, dice or ce."""
+    from monai.losses import DiceCELoss, DiceLoss
+
+    # batch=True: Dice over the whole batch, so slices without a lesion do not punish the Dice term
+    if name == "dice_ce":
+        return DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
+    if name == "dice":
+        return DiceLoss(to_onehot_y=True, softmax=True, batch=True)
+    return lambda logits, labels: F.cross_entropy(logits, labels[:, 0].long())
+
 
 class BaselineTrainer(Trainer):
-    family = "baseline"
+    family = BASELINE_FAMILY
 
-    def build_network(self) -> nn.Module:
-        from monai.losses import DiceCELoss
+    @classmethod
+    def build_network_architecture(cls, configuration: ConfigurationManager) -> nn.Module:
+        sizes = configuration.family(cls.family).networks[cls.network_name]
+        return build_baseline(cls.network_name, sizes, configuration.num_input_channels, configuration.plans.num_classes)
 
-        # batch=True: Dice over the whole batch, so slices without a lesion do not punish the Dice term
-        self.loss = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
-        sizes = self.settings["networks"][self.network_name]
-        return build_baseline(self.network_name, sizes, self.in_channels, self.num_classes)
+    def initialize(self, initial_weights: bool = True) -> None:
+        super().initialize(initial_weights)
+        self.loss = segmentation_loss(self.family_settings.loss)
 
     def load_initial_weights(self, network: nn.Module) -> None:
-        encoder_weights = self.settings["networks"][self.network_name].get("encoder_weights")
+        encoder_weights = self.family_settings.networks[self.network_name].get("encoder_weights")
         if encoder_weights:
             load_encoder_weights(network.encoder, Path(encoder_weights))
 
@@ -33,7 +53,7 @@ class BaselineTrainer(Trainer):
         return self.loss(logits, batch["seg"]), logits.argmax(1)
 
     def started_from_pretrained(self) -> bool:
-        return bool(self.settings["networks"][self.network_name].get("encoder_weights"))
+        return bool(self.family_settings.networks[self.network_name].get("encoder_weights"))
 
 
 class UNetTrainer(BaselineTrainer):

@@ -7,45 +7,48 @@ and a patch discriminator; they are not implemented in this version (their plan 
 0). The checkpoint with the best reconstruction Dice is kept as `checkpoint_best`.
 """
 
-from pathlib import Path
-
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from sdmcunet.evaluation.metrics import summarise_cases, write_summary
+from sdmcunet.experiment_planning.plans import MASK_AUTOENCODER_FAMILY
+from sdmcunet.experiment_planning.plans_manager import ConfigurationManager
 from sdmcunet.networks.sdmc import MaskAutoencoder, colour_image_to_probabilities, mask_to_colour_image
-from sdmcunet.training.data_loading import PreprocessedCases
-from sdmcunet.training.mask_autoencoder_source import load_state_checked
+from sdmcunet.preprocessing.preprocessed_cases import PreprocessedCases
+from sdmcunet.results.checkpoints import load_state_checked
 from sdmcunet.training.trainers.base import Trainer
 from sdmcunet.utils.errors import SDMCError
 
 
 class MaskAutoencoderTrainer(Trainer):
-    family = "mask_autoencoder"
+    family = MASK_AUTOENCODER_FAMILY
 
-    def build_network(self) -> nn.Module:
-        weights = self.settings["loss_weights"]
+    @classmethod
+    def build_network_architecture(cls, configuration: ConfigurationManager) -> nn.Module:
+        return MaskAutoencoder(configuration.family(cls.family).networks["autoencoder"])
+
+    def initialize(self, initial_weights: bool = True) -> None:
+        weights = self.family_settings.loss_weights
         if weights.get("perceptual") or weights.get("adversarial"):
             raise SDMCError("the perceptual and adversarial loss terms are not implemented; set their "
                             "loss_weights to 0 in the plans")
-        return MaskAutoencoder(self.settings["networks"]["autoencoder"])
+        super().initialize(initial_weights)
 
     def load_initial_weights(self, network: nn.Module) -> None:
-        pretrained = self.settings["networks"]["autoencoder"].get("pretrained")
+        pretrained = self.family_settings.networks["autoencoder"].get("pretrained")
         if pretrained:
             from sdmcunet.weights.download import load_pretrained_autoencoder
 
             load_state_checked(network.autoencoder, load_pretrained_autoencoder(pretrained).state_dict(), pretrained)
 
     def started_from_pretrained(self) -> bool:
-        return bool(self.settings["networks"]["autoencoder"].get("pretrained"))
+        return bool(self.family_settings.networks["autoencoder"].get("pretrained"))
 
     def training_case_ids(self, train_cases: list[str]) -> list[str]:
         """Lesion slices only: an all-background mask teaches the autoencoder nothing."""
-        cases = PreprocessedCases(self.preprocessed_folder / self.config["data_identifier"], train_cases)
-        lesion_cases = [case for case in train_cases if cases.properties[case]["class_locations"]]
+        cases = PreprocessedCases(self.preprocessed_folder / self.configuration.data_identifier, train_cases)
+        lesion_cases = _lesion_cases(cases)
         if not lesion_cases:
             raise SDMCError(f"fold {self.fold} has no training slice with a lesion to fine-tune the mask autoencoder on")
         return lesion_cases
@@ -54,31 +57,29 @@ class MaskAutoencoderTrainer(Trainer):
         labels = batch["seg"][:, 0]
         decoded, kl = self.network(labels)
         target = mask_to_colour_image(labels)
-        weights = self.settings["loss_weights"]
+        weights = self.family_settings.loss_weights
         return weights["l1"] * F.l1_loss(decoded, target) + weights["kl"] * kl + weights["dice"] * _soft_dice_loss(decoded, target)
 
     def validation_prediction(self, batch: dict) -> torch.Tensor:
         decoded, _ = self.network(batch["seg"][:, 0], sample=False)
         return decoded.argmax(1)
 
-    @torch.no_grad()
-    def final_validation(self, save_probabilities: bool = False) -> Path:
-        """Reconstruction quality on the fold's validation lesion slices (network geometry)."""
-        _, val_cases = self.split()
-        folder = self.preprocessed_folder / self.config["data_identifier"]
-        cases = PreprocessedCases(folder, val_cases)
-        self.network.eval()
-        scored = {}
-        for case in (c for c in val_cases if cases.properties[c]["class_locations"]):
-            labels = torch.from_numpy(np.asarray(cases.labels(case))[None].astype(np.int64)).to(self.device)
-            reconstruction = self.validation_prediction({"seg": labels[:, None].float()})[0]
-            scored[case] = (reconstruction.cpu().numpy().astype(np.uint8), np.asarray(cases.labels(case)), (1.0, 1.0))
-        output = self.output_folder / "validation"
-        output.mkdir(parents=True, exist_ok=True)
-        summary = summarise_cases(scored) if scored else {"note": "no validation slice with a lesion"}
-        summary["what"] = "reconstruction of the validation lesion masks by the mask autoencoder (network geometry)"
-        write_summary(output / "summary.json", summary)
-        return output / "summary.json"
+    def validation_case_ids(self, cases: PreprocessedCases) -> list[str]:
+        """The lesion slices: the autoencoder reconstructs masks, and a mask without a lesion tests nothing."""
+        return _lesion_cases(cases)
+
+    def validation_probabilities(self, cases: PreprocessedCases, names: list[str]) -> np.ndarray:
+        """The reconstructed masks (posterior mode) as class probabilities, as SDMC-Seg reads its decoded masks."""
+        labels = torch.from_numpy(np.stack([cases.labels(name) for name in names]).astype(np.int64)).to(self.device)
+        decoded, _ = self.network(labels, sample=False)
+        return colour_image_to_probabilities(decoded).float().cpu().numpy()
+
+    def validation_description(self) -> str:
+        return "reconstruction of the validation lesion masks by the mask autoencoder (mapped back to the slices)"
+
+
+def _lesion_cases(cases: PreprocessedCases) -> list[str]:
+    return [case for case in cases.case_ids if cases.properties[case]["class_locations"]]
 
 
 def _soft_dice_loss(decoded: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

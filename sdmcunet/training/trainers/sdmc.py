@@ -12,45 +12,66 @@ the image to the denoiser.
 """
 
 import logging
+from pathlib import Path
 
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from sdmcunet.networks.sdmc import SDMCSeg
+from sdmcunet.experiment_planning.plans import SDMC_FAMILY
+from sdmcunet.experiment_planning.plans_manager import ConfigurationManager
+from sdmcunet.networks.sdmc import DENOISER, MASK_AUTOENCODER, SDMCSeg
+from sdmcunet.networks.segmenters import SDMCSegmenter, Segmenter
+from sdmcunet.results.checkpoints import prefixed, sub_state
 from sdmcunet.training import mask_autoencoder_source
 from sdmcunet.training.distributed import all_reduce_sum
 from sdmcunet.training.trainers.base import Trainer
 
 log = logging.getLogger("sdmcunet.training")
-VALIDATION_NOISE_SEED = 0  # validation predictions are reproducible
+EMA = "ema"  # the checkpoints' extra state: AveragedModel's state dict of the denoiser ("module." + its names)
 
 
 class SDMCTrainer(Trainer):
-    family = "sdmc"
+    family = SDMC_FAMILY
     fine_tuned_mask_autoencoder = True
     image_encoder_trainable = True
 
+    @classmethod
+    def build_network_architecture(cls, configuration: ConfigurationManager) -> nn.Module:
+        family = configuration.family(cls.family)
+        return SDMCSeg(family.networks, family.diffusion, configuration.latent_size)
+
+    @classmethod
+    def inference_weights(cls, state: dict, folder: Path) -> dict[str, torch.Tensor]:
+        """The network with the EMA of its denoiser, which validation and inference predict with."""
+        network = super().inference_weights(state, folder)
+        ema = sub_state(state["extra"][EMA], "module")
+        return {key: value for key, value in network.items() if not key.startswith(f"{DENOISER}.")} | prefixed(ema, DENOISER)
+
+    @classmethod
+    def segmenter(cls, network: nn.Module) -> Segmenter:
+        return SDMCSegmenter(network)
+
     def build_network(self) -> nn.Module:
-        settings = self.settings
-        model = SDMCSeg(settings["networks"], settings["diffusion"], self.config["latent_size"][0])
+        model = super().build_network()
         model.set_image_encoder_trainable(self.image_encoder_trainable)
         return model
 
     def load_initial_weights(self, network: nn.Module) -> None:
         mask_autoencoder_source.raise_if_weights_missing(self, self.fine_tuned_mask_autoencoder)
-        mask_autoencoder_source.load_pretrained_parts(network, self.settings["networks"])
+        mask_autoencoder_source.load_pretrained_parts(network, self.family_settings.networks)
         if self.fine_tuned_mask_autoencoder:
             source = mask_autoencoder_source.load_fine_tuned(network.mask_autoencoder, self)
             log.info("mask autoencoder: fine-tuned, from %s", source)
 
     def initialize(self, initial_weights: bool = True) -> None:
         super().initialize(initial_weights)
-        decay = self.schedule["ema_decay"]
+        decay = self.schedule.ema_decay
         self.ema = AveragedModel(self.module.denoiser, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+        self.ema.eval()  # only ever evaluated (validation, checkpoints): no dropout in its forward passes
 
     def started_from_pretrained(self) -> bool:
-        networks = self.settings["networks"]
+        networks = self.family_settings.networks
         return any(networks[part].get("pretrained") for part in ("autoencoder", "denoiser"))
 
     def compute_loss(self, batch: dict) -> torch.Tensor:
@@ -74,25 +95,19 @@ class SDMCTrainer(Trainer):
     def after_step(self) -> None:
         self.ema.update_parameters(self.module.denoiser)
 
-    def predict_probabilities(self, images: torch.Tensor) -> torch.Tensor:
-        return self.sample_probabilities(images)[0]
-
-    def sample_probabilities(self, images: torch.Tensor, n_samples: int = 1,
-                             seed: int = VALIDATION_NOISE_SEED) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def validation_segmenter(self) -> Segmenter:
         """One denoising step from t = T-1 per noise draw, with the EMA denoiser."""
-        generator = torch.Generator(images.device).manual_seed(seed)
-        probabilities, uncertainty = self.module.segment(images, n_samples, generator, denoiser=self.ema.module)
-        return probabilities, uncertainty if n_samples > 1 else None
+        return SDMCSegmenter(self.module, denoiser=self.ema.module)
 
     def extra_state(self) -> dict:
-        return {"ema": self.ema.state_dict()}
+        return {EMA: self.ema.state_dict()}
 
     def frozen_parts(self) -> dict[str, nn.Module]:
-        return {"mask_autoencoder": self.module.mask_autoencoder}
+        return {MASK_AUTOENCODER: self.module.mask_autoencoder}
 
     def load_extra_state(self, state: dict) -> None:
-        if "ema" in state:
-            self.ema.load_state_dict(state["ema"])
+        if EMA in state:
+            self.ema.load_state_dict(state[EMA])
 
 
 class SDMCFinetunedTrainer(SDMCTrainer):

@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from sdmcunet.utils.errors import OutputWriteError, SDMCError
 from sdmcunet.utils.files import atomic_output, sha256
@@ -73,5 +74,29 @@ def network_weights(state: dict, folder: Path) -> dict[str, torch.Tensor]:
         if sha256(weights) != digest:
             raise SDMCError(f"{weights}: holds other {name} weights than the checkpoints beside it were trained with "
                             f"(a later training of this fold replaced them); train the fold again")
-        network |= {f"{name}.{key}": value for key, value in load_tensor_dict(weights).items()}
+        network |= prefixed(load_tensor_dict(weights), name)
     return network
+
+
+def sub_state(state: dict[str, torch.Tensor], part: str) -> dict[str, torch.Tensor]:
+    """The weights of the sub-module `part` of a state dict, under the sub-module's own names."""
+    return {key.removeprefix(f"{part}."): value for key, value in state.items() if key.startswith(f"{part}.")}
+
+
+def prefixed(state: dict[str, torch.Tensor], part: str) -> dict[str, torch.Tensor]:
+    """A sub-module's weights under the names they have in the module holding it as `part`."""
+    return {f"{part}.{key}": value for key, value in state.items()}
+
+
+def load_state_checked(module: nn.Module, state: dict[str, torch.Tensor], source: Path | str) -> None:
+    """Load `state` into `module` exactly; the error names the keys that do not fit."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mismatched = sorted(key for key in set(own) & set(state) if own[key].shape != state[key].shape)
+    if missing or unexpected or mismatched:
+        raise SDMCError(
+            f"{source}: weights of another architecture: missing {missing[:4]}, unexpected {unexpected[:4]}, "
+            f"shape mismatch {[(k, tuple(state[k].shape), tuple(own[k].shape)) for k in mismatched[:4]]}"
+        )
+    module.load_state_dict(state)
