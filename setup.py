@@ -13,6 +13,8 @@ CONSOLE_SCRIPTS = {
     "sdmc_plan_and_preprocess": "sdmcunet.experiment_planning.plan_and_preprocess:main",
     "sdmc_train": "sdmcunet.training.run_training:main",
     "sdmc_predict": "sdmcunet.inference.predict:main",
+    "sdmc_export_model": "sdmcunet.model_sharing.export_model:main",
+    "sdmc_install_model": "sdmcunet.model_sharing.install_model:main",
     "sdmc_evaluate": "sdmcunet.evaluation.evaluate_predictions:main",
     "sdmc_ensemble": "sdmcunet.ensembling.ensemble:main",
     "sdmc_apply_postprocessing": "sdmcunet.postprocessing.remove_small_components:main",
@@ -39,6 +41,7 @@ setup(
         "scipy>=1.10",
         "SimpleITK>=2.2",
         "pydicom>=3.0",
+        "highdicom>=0.23",  # DICOM SEG of predicted series
         "batchgenerators>=0.25",
         "acvl-utils>=0.2",
         "diffusers>=0.27",
@@ -51,6 +54,14 @@ setup(
     extras_require={
         # decoders for compressed DICOM transfer syntaxes (JPEG, JPEG-LS, JPEG 2000)
         "dicom-codecs": ["pylibjpeg>=2.0", "pylibjpeg-libjpeg>=2.1", "pylibjpeg-openjpeg>=2.3"],
+        # nnU-Net v2 itself, for `sdmc_train ... -tr nnUNetTrainer` (training/trainers/nnunet.py), with what it
+        # needs. Caveat: dynamic-network-architectures requires timm, which pulls a torchvision built for CUDA
+        # torch; beside a CPU build of torch that torchvision fails to import, and diffusers imports torchvision
+        # whenever it is installed. With a CPU torch, install the first two with
+        # `pip install --no-deps -r requirements/nnunet-nodeps.txt` (nnU-Net's 2d UNet needs no timm), then the rest.
+        "nnunet": ["nnunetv2>=2.8,<3", "dynamic-network-architectures>=0.4.4,<0.5",
+                   "scikit-learn", "scikit-image>=0.19.3", "pandas", "graphviz", "tifffile", "requests", "nibabel",
+                   "seaborn", "imagecodecs", "yacs", "batchgeneratorsv2>=0.3.2", "einops", "blosc2>=3.3.2"],
     },
     entry_points={"console_scripts": [f"{name}={target}" for name, target in CONSOLE_SCRIPTS.items()]},
 )

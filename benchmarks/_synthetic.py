@@ -7,12 +7,13 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 from sdmcunet.dataset_conversion.convert_stroke2021 import convert_release
 from sdmcunet.dataset_conversion.synthetic import make_synthetic_dataset
+from sdmcunet.evaluation.statistics import (
+    BOOTSTRAP_DRAWS, BOOTSTRAP_SEED, case_table, patient_intervals, patients_from_raw_dataset,
+)
 from sdmcunet.experiment_planning import plan_and_preprocess
-from sdmcunet.labels import HEMORRHAGIC, ISCHEMIC
+from sdmcunet.utils.errors import SDMCError
 
 DATASET = "Dataset2021_Stroke2021"
 # Patients of the quality benchmarks (bench_training, bench_sdmc): about 1,900 slices, a third of
@@ -32,35 +33,16 @@ def planned_synthetic_dataset(folder: Path, n_patients: int, size: int) -> tuple
     return folder / "preprocessed" / DATASET, environment
 
 
-def patient_interval(summary_path: Path, raw_dataset: Path, draws: int = 2000, seed: int = 0) -> list[float] | None:
-    """95% bootstrap interval of the validation mean DSC, resampling patients with replacement.
-
-    The slices of one patient are not independent (a lesion spans several of them, and one faint
-    lesion missed costs a class mean several points), so the interval resamples whole patients.
-    As in the summary's "Mean", a class without slices in a draw is left out of its mean; None
-    when the validation holds no lesion at all.
-    """
-    patient_of = {case: info["patient_id"] for case, info in
-                  json.loads((raw_dataset / "case_info.json").read_text()).items()}
-    lesion_labels = (str(ISCHEMIC), str(HEMORRHAGIC))  # the summary's per-case keys
-    per_patient: dict[str, list[list[float]]] = {}
-    for case in json.loads(summary_path.read_text())["metric_per_case"]:
-        scores = per_patient.setdefault(patient_of[case["case"]], [[] for _ in lesion_labels])
-        for position, label in enumerate(lesion_labels):
-            if case["metrics"][label]["n_ref"]:
-                scores[position].append(case["metrics"][label]["Dice"])
-    patients = list(per_patient.values())
-    rng = np.random.default_rng(seed)
-    means = []
-    for _ in range(draws):
-        drawn = [patients[i] for i in rng.integers(len(patients), size=len(patients))]
-        class_means = [np.mean(values) for position in range(len(lesion_labels))
-                       if (values := [dice for scores in drawn for dice in scores[position]])]
-        if class_means:
-            means.append(np.mean(class_means))
-    if not means:
-        return None
-    return [round(float(bound), 3) for bound in np.percentile(means, [2.5, 97.5])]
+def patient_interval(summary_path: Path, raw_dataset: Path, draws: int = BOOTSTRAP_DRAWS,
+                     seed: int = BOOTSTRAP_SEED) -> list[float] | None:
+    """95% bootstrap interval of the validation mean DSC over patients (sdmcunet.evaluation.statistics),
+    rounded to 3 decimals; None when the validation holds no lesion at all."""
+    table = case_table(json.loads(summary_path.read_text())["metric_per_case"])
+    patients = patients_from_raw_dataset(raw_dataset, table.cases)
+    if patients.patient_of is None:
+        raise SDMCError(patients.reason)
+    interval = patient_intervals(table, patients.patient_of, draws, seed)["DSC"]["Mean"]
+    return None if interval is None else [round(bound, 3) for bound in interval]
 
 
 def run_minutes(command: str, *arguments: str, environment: dict) -> float:

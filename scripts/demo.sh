@@ -2,6 +2,8 @@
 # The demo on CPU: synthetic TEKNOFEST-layout data -> conversion -> verification -> plans and
 # preprocessing (a fifth of the patients held out) -> training U-Net, the mask autoencoder and
 # SDMC-Seg on fold 0 -> prediction of the held-out slices -> evaluation -> model selection -> report.
+# A quarter of 48 patients is held out, so that each lesion class of the held-out slices lies on
+# several slices of at least three patients; every score is printed with its 95% interval over patients.
 # Everything it writes goes to demo_output/ (ignored by git); run it again to resume or redo nothing.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -15,13 +17,13 @@ mkdir -p "$work"
 dataset="Dataset2021_Stroke2021"
 raw="$SDMC_raw/$dataset"
 echo "== 1/11 synthetic Stroke2021 release (TEKNOFEST layout) -> $work/teknofest2021"
-sdmc_make_synthetic -o "$work/teknofest2021" --patients 24 --seed 0 --size 256
+sdmc_make_synthetic -o "$work/teknofest2021" --patients 48 --seed 0 --size 256
 echo "== 2/11 conversion -> $raw"
 sdmc_convert_stroke2021 -i "$work/teknofest2021" -d 2021
 echo "== 3/11 verification"
 sdmc_verify_dataset -d 2021
-echo "== 4/11 hold out a fifth of the patients (imagesTs/labelsTs); fingerprint, plans, splits, preprocessing"
-sdmc_plan_and_preprocess -d 2021 --cpu --holdout_fraction 0.2
+echo "== 4/11 hold out a quarter of the patients (imagesTs/labelsTs); fingerprint, plans, splits, preprocessing"
+sdmc_plan_and_preprocess -d 2021 --cpu --holdout_fraction 0.25
 echo "== 5/11 training UNetTrainer on fold 0 (CPU plan: a few minutes) -> $SDMC_results"
 sdmc_train 2021 2d 0 -tr UNetTrainer --c --npz
 echo "== 6/11 training the mask autoencoder on fold 0 (MaskAutoencoderTrainer; CPU plans start from random weights)"
@@ -41,12 +43,25 @@ sdmc_report -d 2021
 python - "$work/predictions" <<'PYTHON'
 import json, sys
 from pathlib import Path
+FEW_SLICES, FEW_PATIENTS = 5, 3  # below these a class score says little, and the demo says so
 for trainer in ("UNetTrainer", "SDMCFinetunedTrainer"):
-    block = json.loads((Path(sys.argv[1]) / trainer / "summary.json").read_text())["stroke2021"]
-    print(f"{trainer} on the held-out slices (Stroke2021 protocol), slices with the class {block['n_slices']}:")
+    summary = json.loads((Path(sys.argv[1]) / trainer / "summary.json").read_text())
+    block, patients = summary["stroke2021"], summary["patients"]
+    intervals = patients["ci95"] or {}
+    print(f"{trainer} on the held-out slices (Stroke2021 protocol), {patients['n_patients']} patients; "
+          f"slices with the class: {block['n_slices']}; [95% interval over patients]")
     for metric in ("DSC", "IoU", "mIoU"):
-        print(f"  {metric:5s} " + "  ".join(f"{name} {value:.3f}" if value is not None else f"{name} n/a"
-                                          for name, value in block[metric].items()))
+        cells = []
+        for name, value in block[metric].items():
+            interval = intervals.get(metric, {}).get(name)
+            cells.append(f"{name} n/a" if value is None else f"{name} {value:.3f}" +
+                         (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else ""))
+        print(f"  {metric:5s} " + "  ".join(cells))
+    if not intervals:
+        print(f"  no intervals: {patients['reason']}")
+    few = [name for name, count in block["n_slices"].items() if name != "NS" and count < FEW_SLICES]
+    if few or (patients["n_patients"] or 0) < FEW_PATIENTS:
+        print(f"  too few held-out slices or patients to judge {', '.join(few) or 'any class'}: read these scores as anecdotes")
 PYTHON
 results="$SDMC_results/$dataset"
 echo "demo finished: conversion report $raw/conversion_report.json,"

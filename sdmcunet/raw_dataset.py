@@ -5,6 +5,7 @@ A raw dataset lives in `<raw root>/Dataset{id:03d}_{Name}/` with `imagesTr/{case
 we read its.
 """
 
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,14 @@ DATASET_FILE = "dataset.json"  # of a raw dataset; preprocessed datasets and mod
 REQUIRED_KEYS = ("channel_names", "labels", "numTraining", "file_ending")
 _FOLDER_PATTERN = re.compile(r"^Dataset(\d+)_(.+)$")
 FILE_ENDING_PATTERN = re.compile(r"\.[A-Za-z0-9]+(\.[A-Za-z0-9]+)*")
+# The organisers' PNG is an 8-bit window of the HU: a PNG-channel model segments DICOM-only input
+# when the PNG is remade from HU with that window. The converter measures it on slices that have
+# both files and writes it into dataset.json under this key ({"low", "high"} in HU, with the fit's
+# slices, pixels and rmse_grey_levels).
+PNG_WINDOW_KEY = "png_from_hounsfield"
+# The standard brain window (level 40, width 80 HU): the window to assume when no paired
+# DICOM and PNG measured one (a PNG-only release, a dataset made elsewhere).
+DEFAULT_PNG_WINDOW = (0.0, 80.0)
 
 
 def dataset_folder_name(dataset_id: int, name: str) -> str:
@@ -29,13 +38,19 @@ def dataset_folder_name(dataset_id: int, name: str) -> str:
     return f"Dataset{dataset_id:03d}_{name}"
 
 
+def dataset_id_of(folder_name: str) -> int | None:
+    """The id of a `Dataset{id}_{Name}` folder (or dataset) name; None for another name."""
+    match = _FOLDER_PATTERN.match(folder_name)
+    return int(match[1]) if match else None
+
+
 def folders_with_id(root: Path, dataset_id: int) -> list[Path]:
     """Every `Dataset{id}_*` folder in `root` (there should be at most one)."""
     if not root.is_dir():
         return []
     return sorted(
         child for child in root.iterdir()
-        if child.is_dir() and (match := _FOLDER_PATTERN.match(child.name)) and int(match[1]) == dataset_id
+        if child.is_dir() and dataset_id_of(child.name) == dataset_id
     )
 
 
@@ -98,6 +113,7 @@ class DatasetJson:
     labels: dict[str, int]
     n_training: int
     file_ending: str
+    measured_png_window: tuple[float, float] | None = None  # (low, high) HU; None when none was measured
 
 
 def load_dataset_json(folder: Path) -> DatasetJson:
@@ -122,7 +138,32 @@ def load_dataset_json(folder: Path) -> DatasetJson:
     file_ending = str(content["file_ending"])
     if not FILE_ENDING_PATTERN.fullmatch(file_ending):  # it becomes part of every file name
         raise SDMCError(f"{path}: file_ending must be a file suffix such as '.nii.gz' or '.png', got {file_ending!r}")
-    return DatasetJson(channel_names, labels, n_training, file_ending)
+    return DatasetJson(channel_names, labels, n_training, file_ending, measured_png_window(content, path))
+
+
+def measured_png_window(content: dict, source: Path | str) -> tuple[float, float] | None:
+    """The (low, high) HU window measured for the PNG channel in the dataset.json `content` read from
+    `source`, or None when the dataset has none."""
+    if PNG_WINDOW_KEY not in content:
+        return None
+    window = content[PNG_WINDOW_KEY]
+    bounds = [window.get(key) for key in ("low", "high")] if isinstance(window, dict) else []
+    if not (len(bounds) == 2 and all(_is_finite_number(bound) for bound in bounds) and bounds[0] < bounds[1]):
+        raise SDMCError(f"{source}: {PNG_WINDOW_KEY} must be an object with finite numbers low < high (the HU "
+                        f"the PNG shows black and white), got {window!r}")
+    return float(bounds[0]), float(bounds[1])
+
+
+def _is_finite_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def png_from_hounsfield(hounsfield: np.ndarray, window: tuple[float, float]) -> np.ndarray:
+    """The PNG channel made from HU: float32 grey values exactly as an 8-bit export of `window`
+    (low, high) makes them, so a PNG-channel model sees what it was trained on."""
+    low, high = window
+    grey = (np.asarray(hounsfield, dtype=np.float64) - low) * 255 / (high - low)
+    return np.rint(np.clip(grey, 0, 255)).astype(np.float32)
 
 
 def read_raw_image(path: Path) -> tuple[np.ndarray, tuple[float, float] | None]:

@@ -20,6 +20,8 @@ settings.load_profile("ci")
 
 
 def pytest_addoption(parser):
+    parser.addoption("--run-nnunet", action="store_true",
+                     help="tests/test_nnunet_trainer.py: also train nnU-Net itself (a few minutes on 2 cores)")
     parser.addoption("--fault-trials", type=int, default=9, metavar="N",
                      help="tests/test_faults.py: SIGKILL trials of training (default 9, the CI setting; 100 for a long run); "
                      "preprocessing and prediction get N // 3 each, at least 3")
@@ -90,3 +92,43 @@ def file_server(tmp_path) -> Iterator[SimpleNamespace]:
     yield SimpleNamespace(folder=served, url=f"http://127.0.0.1:{server.server_port}", requests=requests)
     server.shutdown()
     server.server_close()
+
+
+# One small trained model shared by the prediction tests (tests/test_inference_inputs_outputs.py,
+# tests/test_clinical_io.py): UNetTrainer, fold `all`, one iteration, on one synthetic patient whose raw
+# images and labels lie at a non-trivial place in space (origin and direction), so that a writer that drops
+# the geometry is seen. Its dataset has the channels 0 CT and 1 PNG; the model reads the PNG.
+ORIGIN, DIRECTION = (-100.0, 50.0), (-1.0, 0.0, 0.0, 1.0)
+
+
+def place_in_space(path: Path, origin: tuple = ORIGIN, direction: tuple = DIRECTION) -> None:
+    """Rewrite a NIfTI file with another origin and direction (SimpleITK directly: independent of sdmcunet)."""
+    import SimpleITK as sitk
+
+    image = sitk.ReadImage(str(path))
+    image.SetOrigin(origin)
+    image.SetDirection(direction)
+    sitk.WriteImage(image, str(path), useCompression=True)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory) -> Path:
+    """release/, raw/ (placed at ORIGIN, DIRECTION), preprocessed/ and results/ with one UNet (fold all, with
+    validation probabilities) of one synthetic patient."""
+    from sdmcunet.dataset_conversion.convert_stroke2021 import convert_release
+    from sdmcunet.dataset_conversion.synthetic import make_synthetic_dataset
+    from sdmcunet.experiment_planning import plan_and_preprocess
+    from sdmcunet.training import run_training
+
+    root = tmp_path_factory.mktemp("inputs_outputs")
+    make_synthetic_dataset(root / "release", n_patients=1, seed=11, size=64, progress=False)
+    convert_release(root / "release", 2021, root / "raw")
+    for path in (root / "raw" / "Dataset2021_Stroke2021").glob("*Tr/*.nii.gz"):
+        place_in_space(path)
+    with paths_set(SDMC_raw=root / "raw", SDMC_preprocessed=root / "preprocessed", SDMC_results=root / "results"):
+        assert plan_and_preprocess.main(["-d", "2021", "-np", "1", "--cpu"]) == 0
+        assert run_training.main(["2021", "2d", "all", "-tr", "UNetTrainer", "--npz", "--epochs", "1",
+                                  "--iterations_per_epoch", "1", "-num_loader_workers", "0"]) == 0
+    return root
+
+

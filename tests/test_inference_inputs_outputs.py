@@ -18,56 +18,27 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import paths_set
+from conftest import DIRECTION, ORIGIN, place_in_space
 from PIL import Image
 from test_bad_input import refused, run, snapshot
 
-from sdmcunet.dataset_conversion.convert_stroke2021 import convert_release
-from sdmcunet.dataset_conversion.synthetic import make_synthetic_dataset
 from sdmcunet.ensembling import ensemble
-from sdmcunet.experiment_planning import plan_and_preprocess
 from sdmcunet.imageio import ImageGeometry, read_nifti_with_geometry, read_png, read_slice, write_image, write_label_map
 from sdmcunet.inference import predict
 from sdmcunet.postprocessing import remove_small_components
 from sdmcunet.raw_dataset import make_dataset_json
-from sdmcunet.training import run_training
 from sdmcunet.utils.errors import SDMCError
 from sdmcunet.utils.files import atomic_write_json, read_json
 
 DATASET = "Dataset2021_Stroke2021"
 MODEL = "UNetTrainer__sdmcPlans__2d"  # channels 0 CT, 1 PNG; reads the PNG
-ORIGIN, DIRECTION = (-100.0, 50.0), (-1.0, 0.0, 0.0, 1.0)  # issue 17, item 4
 LABELS = {"background": 0, "ischemic": 1, "hemorrhagic": 2}
-
-
-def place_in_space(path: Path, origin: tuple = ORIGIN, direction: tuple = DIRECTION) -> None:
-    """Rewrite a NIfTI file with another origin and direction (SimpleITK directly: independent of sdmcunet)."""
-    image = sitk.ReadImage(str(path))
-    image.SetOrigin(origin)
-    image.SetDirection(direction)
-    sitk.WriteImage(image, str(path), useCompression=True)
 
 
 def geometry(path: Path) -> tuple:
     """Size, spacing (to float32 precision, as NIfTI stores it), origin and direction of an image file."""
     image = sitk.ReadImage(str(path))
     return image.GetSize(), tuple(np.float32(image.GetSpacing()).tolist()), image.GetOrigin(), image.GetDirection()
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    """release/, raw/ (placed at ORIGIN, DIRECTION), preprocessed/ and results/ with one UNet (fold all, with
-    validation probabilities) of one synthetic patient."""
-    root = tmp_path_factory.mktemp("inputs_outputs")
-    make_synthetic_dataset(root / "release", n_patients=1, seed=11, size=64, progress=False)
-    convert_release(root / "release", 2021, root / "raw")
-    for path in (root / "raw" / DATASET).glob("*Tr/*.nii.gz"):
-        place_in_space(path)
-    with paths_set(SDMC_raw=root / "raw", SDMC_preprocessed=root / "preprocessed", SDMC_results=root / "results"):
-        assert plan_and_preprocess.main(["-d", "2021", "-np", "1", "--cpu"]) == 0
-        assert run_training.main(["2021", "2d", "all", "-tr", "UNetTrainer", "--npz", "--epochs", "1",
-                                  "--iterations_per_epoch", "1", "-num_loader_workers", "0"]) == 0
-    return root
 
 
 def model_folder(trained: Path) -> Path:
@@ -111,7 +82,7 @@ def test_predict_png_slices_named_like_channels_are_cases(trained, tmp_path, cap
     inputs = folder_of(tmp_path, "in", {**{f"slice_{index:04d}.png": png for index, png in enumerate(pngs)},
                                         **{f"copy{index}.png": png for index, png in enumerate(pngs)}})
     assert predict_into(trained, inputs, tmp_path / "out") == 0, capsys.readouterr().err
-    assert "8 slice(s) predicted" in capsys.readouterr().out
+    assert "8 case(s) predicted" in capsys.readouterr().out
     for index in range(4):  # each is the prediction of its own picture
         np.testing.assert_array_equal(read_png(tmp_path / "out" / f"slice_{index:04d}.png"),
                                       read_png(tmp_path / "out" / f"copy{index}.png"))
@@ -119,16 +90,22 @@ def test_predict_png_slices_named_like_channels_are_cases(trained, tmp_path, cap
 
 
 def test_predict_dicoms_named_like_channels_are_never_read_as_png(trained, tmp_path, capsys):
-    """`slice_0001.dcm` is the CT of case slice_0001, never the PNG channel of a case `slice`; when no slice
-    can be predicted the message says so plainly (item 14)."""
-    inputs = folder_of(tmp_path, "in", {f"slice_{index:04d}.dcm": dicom
-                                        for index, dicom in enumerate(release_dicoms(trained)[:6])})
+    """`slice_0001.dcm` is the CT of case slice_0001, never the PNG channel of a case `slice`: the PNG model
+    makes its PNG from each slice's Hounsfield units. When no input can be predicted the message says so
+    plainly (item 14)."""
+    dicoms = {f"slice_{index:04d}.dcm": dicom for index, dicom in enumerate(release_dicoms(trained)[:6])}
+    inputs = folder_of(tmp_path, "in", dicoms)
     before = snapshot(inputs)
-    message = refused(capsys, predict_into(trained, inputs, tmp_path / "out"),
-                      "none of the 6 input(s) could be predicted", "which case slice_0001 lacks")
-    assert "the rest were" not in message
-    assert written_files(tmp_path / "out") == ["prediction_info.json"]
+    assert predict_into(trained, inputs, tmp_path / "out") == 0, capsys.readouterr().err
+    label_maps = sorted(name for name in written_files(tmp_path / "out") if name.endswith(".png"))
+    assert label_maps == [name.replace(".dcm", ".png") for name in sorted(dicoms)]
     assert snapshot(inputs) == before
+    for path in inputs.iterdir():  # the same files cut short: none can be read
+        path.write_bytes(path.read_bytes()[:200])
+    message = refused(capsys, predict_into(trained, inputs, tmp_path / "out2"),
+                      "none of the 6 input(s) could be predicted", "slice_0001.dcm")
+    assert "the rest were" not in message
+    assert written_files(tmp_path / "out2") == ["prediction_info.json"]
 
 
 def test_predict_refuses_nnunet_names_it_cannot_match_listing_them(trained, tmp_path, capsys):

@@ -17,7 +17,7 @@ LEVELS = {
     "sdmcunet.dataset_conversion": 2, "sdmcunet.weights": 2,
     "sdmcunet.experiment_planning": 3, "sdmcunet.preprocessing": 3,
     "sdmcunet.training": 4, "sdmcunet.inference": 4, "sdmcunet.evaluation.metrics": 4, "sdmcunet.ensembling": 4,
-    "sdmcunet.postprocessing": 4,
+    "sdmcunet.postprocessing": 4, "sdmcunet.model_sharing": 4,
     "sdmcunet.evaluation": 5, "sdmcunet.reporting": 5, "sdmcunet.weights.import_reference": 5,
 }
 TRAINER_REGISTRY = "sdmcunet.training.trainers"  # trainer classes by name: the one door into training

@@ -96,7 +96,9 @@ def test_cpu_plans_validate_and_hold_every_decision(dirs):
     config = configuration(plans, "2d")
     assert plans["compute_target"]["device"] == "cpu"
     assert config["image_size"] == [96, 96] and config["latent_size"] == [12, 12]
+    window = config["input_channels"][0].pop("png_from_hounsfield")  # measured: see tests/test_png_window.py
     assert config["input_channels"] == [{"name": "PNG", "source_channel": 1, "normalization": "min_max_per_image"}]
+    assert window == {"low": pytest.approx(0, abs=0.5), "high": pytest.approx(80, abs=0.5), "source": "measured"}
     assert set(config["families"]) == {"baseline", "sdmc", "mask_autoencoder"}
     assert config["families"]["sdmc"]["size_preset"] == "tiny"
     assert config["families"]["sdmc"]["diffusion"]["prediction_type"] == "v_prediction"

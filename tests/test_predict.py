@@ -3,6 +3,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
 import pytest
 import torch
 from conftest import make_preprocessed_dataset
@@ -200,6 +201,29 @@ def test_sdmc_prediction_with_noise_draws_is_reproducible_and_uncertain(environm
         assert first["uncertainty"].shape == first["probabilities"].shape[1:] and first["uncertainty"].max() > 0
 
 
+def test_sdmc_volume_with_noise_draws_reports_the_spread_of_its_lesion_volumes(environment, tmp_path):
+    """A CT volume (a validation case's CT slice, shifted slice by slice) -> lesion volumes with their spread over the draws,
+    the PNG channel the model reads made from the Hounsfield units."""
+    case = validation_cases(environment)[0]
+    ct = np.squeeze(sitk.GetArrayFromImage(sitk.ReadImage(str(environment / "raw" / NAME / "imagesTr" / f"{case}_0000.nii.gz"))))
+    hounsfield = np.stack([np.roll(ct, 3 * index, axis=1) for index in range(4)])
+    volume = sitk.GetImageFromArray(hounsfield)
+    volume.SetSpacing((0.8, 0.8, 2.5))
+    (tmp_path / "in").mkdir()
+    sitk.WriteImage(volume, str(tmp_path / "in" / "head.nii.gz"))
+    assert predict.main(["-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-d", "2021", "-tr",
+                         "SDMCFinetunedTrainer", "-num_samples", "3", "-np", "0"]) == 0
+    label_volume = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / "head.nii.gz")))
+    assert label_volume.shape == hounsfield.shape
+    report = read_json(tmp_path / "out" / "head_volumes.json")
+    for name, entry in report["classes"].items():
+        spread = entry["over_samples"]
+        assert spread["samples"] == 3 and spread["min_ml"] <= spread["mean_ml"] <= spread["max_ml"]
+        assert spread["std_ml"] >= 0 and entry["volume_ml"] >= 0
+    rows = (tmp_path / "out" / "volumes.csv").read_text().splitlines()
+    assert len(rows) == 3 and rows[1].startswith("head,ischemic,") and rows[1].endswith(",3")
+
+
 @pytest.mark.parametrize("arguments, message", [
     (["-d", "2021", "-tr", "UNetTrainer", "-f", "3"], "fold_3/checkpoint_final.pth"),
     (["-d", "2021", "-tr", "SegResNetTrainer"], "sdmc_train 2021 2d 0 -tr SegResNetTrainer"),
@@ -219,7 +243,7 @@ def test_input_errors_are_clear(environment, tmp_path, capsys):
     assert predict.main(["-i", str(inputs), "-o", str(inputs), *model]) == 2
     assert "must differ from the input folder" in capsys.readouterr().err
     assert predict.main(["-i", str(inputs), "-o", str(tmp_path / "out"), *model]) == 2
-    assert "no DICOM, PNG or NIfTI slices" in capsys.readouterr().err
+    assert "no DICOM, PNG, NIfTI, NRRD or MHA images found" in capsys.readouterr().err
     write_image(np.zeros((32, 32), dtype=np.float32), inputs / "two_channels_0000.nii.gz")  # CT is not read
     assert predict.main(["-i", str(inputs), "-o", str(tmp_path / "out"), *model]) == 2
     assert "reads channel(s) PNG, which case two_channels lacks" in capsys.readouterr().err

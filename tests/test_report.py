@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from scipy.stats import wilcoxon
 
+from sdmcunet.evaluation.metrics import summarise_cases, to_json_safe
 from sdmcunet.experiment_planning.planners import SDMCPlanner
 from sdmcunet.experiment_planning.plans import configuration
 from sdmcunet.imageio import write_image
@@ -16,6 +18,8 @@ from sdmcunet.networks.sdmc import MaskAutoencoder, SDMCSeg
 from sdmcunet.raw_dataset import make_dataset_json
 from sdmcunet.reporting import report
 from sdmcunet.reporting.collect import collect_results
+from sdmcunet.reporting.document import Table
+from sdmcunet.reporting.patient_statistics import statistics_section
 from sdmcunet.reporting.qualitative import choose_slices, class_areas
 from sdmcunet.reporting.reconstruction import reconstruction_section
 from sdmcunet.reporting.tables import crossval_table, table3, table4
@@ -41,6 +45,12 @@ SPLITS = [{"train": ["104", "105", "106"], "val": ["101", "102", "103"]},
 # trainer -> finished folds; ResUNet34Trainer has a folder but no finished fold
 TRAINED = {"UNetTrainer": [0, 1], "SegResNetTrainer": [0], "SDMCFinetunedTrainer": [0, 1],
            "SDMCPretrainedTrainer": [0], "MaskAutoencoderTrainer": [0]}
+# Extra columns each trainer's predictions are shifted by, so that models differ (SDMCPretrainedTrainer
+# predicts exactly as SDMCFinetunedTrainer: nothing to rank).
+SHIFTS = {"UNetTrainer": 1, "SegResNetTrainer": 2}
+# case_info.json: patient P1 has two slices; 105 has only a study UID; 106 no entry (its own patient).
+CASE_INFO = {"101": {"patient_id": "P1"}, "102": {"patient_id": "P1"}, "103": {"patient_id": "P2"},
+             "104": {"patient_id": "P3"}, "105": {"patient_id": None, "study_uid": "S5"}}
 METRICS = ("DSC", "IoU", "mIoU")
 
 
@@ -51,14 +61,16 @@ def label_map(case: str, shape=SHAPE) -> np.ndarray:
     return labels
 
 
-def fake_summary(rng: np.random.Generator) -> dict:
-    """A validation summary with random scores; NS near 1 so that any NS in a mean would show."""
+def fake_summary(rng: np.random.Generator, metric_per_case: list | None = None) -> dict:
+    """A validation summary with random scores; NS near 1 so that any NS in a mean would show. The per-case
+    scores, which the statistics over patients read, are the real ones of the fold's predictions."""
     block = {}
     for metric in METRICS:
         scores = {"NS": 0.99, "IS": float(rng.uniform(0.3, 0.9)), "HS": float(rng.uniform(0.3, 0.9))}
         block[metric] = scores | {"Mean": (scores["IS"] + scores["HS"]) / 2}
     block["n_slices"] = {"NS": 3, "IS": 2, "HS": 2}
-    return {"stroke2021": block, "false_positive_slice_rate": {"IS": float(rng.uniform(0, 0.2)), "HS": None}}
+    return {"stroke2021": block, "false_positive_slice_rate": {"IS": float(rng.uniform(0, 0.2)), "HS": None},
+            "hd95": {"IS": float(rng.uniform(1, 20)), "HS": None}, "metric_per_case": metric_per_case or []}
 
 
 def fake_history(epochs: int = 4) -> dict:
@@ -83,6 +95,7 @@ def write_raw_and_preprocessed(root) -> dict:
                                      len(CASES), ENDING)
     raw, preprocessed = root / "SDMC_raw" / NAME, root / "SDMC_preprocessed" / NAME
     atomic_write_json(raw / "dataset.json", dataset_json)
+    atomic_write_json(raw / "case_info.json", CASE_INFO)
     (preprocessed / "sdmcPlans_2d").mkdir(parents=True)
     rng = np.random.default_rng(0)
     for case in CASES:
@@ -114,10 +127,12 @@ def write_results(root, dataset_json: dict, plans: dict) -> dict:
         for fold in folds:
             save_checkpoint(model / f"fold_{fold}" / "checkpoint_final.pth",
                             {"trainer": trainer, "history": fake_history(), "network": network, "extra": {}})
+            scored = {}
             for case in SPLITS[fold]["val"]:
-                prediction = np.roll(label_map(case), fold + 1, axis=1)  # slightly off, visibly
+                prediction = np.roll(label_map(case), fold + 1 + SHIFTS.get(trainer, 0), axis=1)  # slightly off
                 write_image(prediction, model / f"fold_{fold}" / "validation" / f"{case}{ENDING}")
-            summaries[trainer, fold] = fake_summary(rng)
+                scored[case] = (prediction, label_map(case), (1.0, 1.0))
+            summaries[trainer, fold] = fake_summary(rng, to_json_safe(summarise_cases(scored)["metric_per_case"]))
             atomic_write_json(model / f"fold_{fold}" / "validation" / "summary.json", summaries[trainer, fold])
     summaries["UNetTrainer", "0_1"] = fake_summary(rng)  # pooled over both folds, as sdmc_evaluate writes it
     atomic_write_json(results / "UNetTrainer__sdmcPlans__2d" / "crossval_results_folds_0_1" / "summary.json",
@@ -165,7 +180,7 @@ def test_table3_cells_are_mean_and_std_over_folds_with_ns_outside_the_mean(envir
     table = table3(collect_results(2021, "sdmcPlans", "2d"))
     rows = {row[0].split(" ")[0]: dict(zip(table.header, row)) for row in table.rows}
     assert list(rows) == ["UNetTrainer", "SegResNetTrainer", "SDMCFinetunedTrainer", "SDMCPretrainedTrainer",
-                          "ResUNet34Trainer", "SwinUNETRTrainer"]  # trained first, then the untrained published ones
+                          "ResUNet34Trainer", "SwinUNETRTrainer", "nnUNetTrainer"]  # trained, then untrained published
     for trainer in ("UNetTrainer", "SegResNetTrainer", "SDMCFinetunedTrainer"):
         folds = [summaries[trainer, fold] for fold in TRAINED[trainer]]
         row = rows[trainer]
@@ -177,12 +192,22 @@ def test_table3_cells_are_mean_and_std_over_folds_with_ns_outside_the_mean(envir
             assert row[f"{metric} Mean"] == expected_cell(lesion_means)
         assert row["FP slice rate IS"] == expected_cell([s["false_positive_slice_rate"]["IS"] for s in folds])
         assert row["FP slice rate HS"] == "–"  # null in every fold
+        assert row["HD95 IS"] == row["HD95 Mean"] == expected_cell([s["hd95"]["IS"] for s in folds])  # HS: null
+        assert row["HD95 HS"] == "–"
     assert "±" not in rows["SegResNetTrainer"]["DSC IS"]  # one fold: no spread
     assert rows["SwinUNETRTrainer"]["folds"] == "not trained" and rows["SwinUNETRTrainer"]["DSC Mean"] == "–"
-    published = table.header[-1]
-    assert "published, not measured" in published and len(table.published_columns) == 1
-    assert rows["SDMCFinetunedTrainer"][published] == "0.760" and rows["SwinUNETRTrainer"][published] == "0.705"
-    assert rows["SDMCPretrainedTrainer"][published] == "–"  # not in the published Table 3
+    single, five_fold, five_fold_hd95 = (table.header[column] for column in sorted(table.published_columns))
+    assert all("published, not measured" in header for header in (single, five_fold, five_fold_hd95))
+    assert "slice-level single split" in single and "slice-level 5-fold" in five_fold
+    assert five_fold_hd95.startswith("Mean HD95, slice-level 5-fold")
+    assert rows["SDMCFinetunedTrainer"][single] == "0.760" and rows["SwinUNETRTrainer"][single] == "0.705"
+    assert rows["SDMCPretrainedTrainer"][single] == "–"  # not in the published Table 3
+    assert [rows["SDMCFinetunedTrainer"][five_fold], rows["SDMCFinetunedTrainer"][five_fold_hd95]] == [
+        "0.745 ± 0.019", "13.00"]
+    nnunet = rows["nnUNetTrainer"]
+    assert [nnunet["folds"], nnunet[single], nnunet[five_fold], nnunet[five_fold_hd95]] == [
+        "not trained", "–", "0.718 ± 0.019", "12.77"]
+    assert rows["UNetTrainer"][five_fold] == "–"
 
 
 def test_table4_is_the_published_ablation_beside_the_measured_mean(environment):
@@ -204,6 +229,70 @@ def test_pooled_cross_validation_summaries_are_listed_beside(environment):
                            f"{(dsc['IS'] + dsc['HS']) / 2:.3f}"]]
 
 
+def patient(case: str) -> str:
+    info = CASE_INFO.get(case, {})
+    return info.get("patient_id") or info.get("study_uid") or case
+
+
+def per_patient_dice(trainer: str, folds: list[int]) -> dict[str, float]:
+    """By hand: per patient, the mean of the IS and HS Dice of its validation slices that hold the class."""
+    scores = {}
+    for fold in folds:
+        for case in SPLITS[fold]["val"]:
+            reference = label_map(case)
+            prediction = np.roll(reference, fold + 1 + SHIFTS.get(trainer, 0), axis=1)
+            for label in (1, 2):
+                if (reference == label).any():
+                    overlap = np.count_nonzero((prediction == label) & (reference == label))
+                    dice = 2 * overlap / (np.count_nonzero(prediction == label) + np.count_nonzero(reference == label))
+                    scores.setdefault(patient(case), []).append(dice)
+    return {name: float(np.mean(values)) for name, values in scores.items()}
+
+
+def test_statistics_section_tests_sdmc_seg_against_each_model_on_shared_patients(environment):
+    section = statistics_section(collect_results(2021, "sdmcPlans", "2d"))
+    intervals, comparisons = [block for block in section.blocks if isinstance(block, Table)]
+    rows = {row[0].split(" ")[0]: dict(zip(intervals.header, row)) for row in intervals.rows}
+    # 5 patients in all (104 alone is P3); SegResNet's single fold holds P1 (101, 102) and P2 (103)
+    assert [rows["UNetTrainer"][key] for key in ("folds pooled", "patients", "slices")] == ["0, 1", "5", "6"]
+    assert [rows["SegResNetTrainer"][key] for key in ("folds pooled", "patients", "slices")] == ["0", "2", "3"]
+    value, interval = rows["UNetTrainer"]["DSC Mean"].split(" ", 1)
+    low, high = map(float, interval.strip("[]").split(", "))
+    assert low <= float(value) <= high and low < high
+    assert "HD95 Mean" in intervals.header
+
+    proposed = per_patient_dice("SDMCFinetunedTrainer", [0, 1])
+    expected_p = {}
+    for trainer, folds in (("UNetTrainer", [0, 1]), ("SegResNetTrainer", [0])):
+        other = per_patient_dice(trainer, folds)  # the proposed model's patients of these folds
+        shared = sorted(other)
+        expected_p[trainer] = wilcoxon([proposed[name] for name in shared], [other[name] for name in shared]).pvalue
+    # Holm over the two tested pairs: the smaller p times 2, the larger times 1 but not below the first
+    smaller, larger = sorted(expected_p.values())
+    holm = {trainer: min(1.0, 2 * smaller) if p == smaller else min(1.0, max(2 * smaller, larger))
+            for trainer, p in expected_p.items()}
+    paired = {row[0].split(" vs ")[1].split(" ")[0]: dict(zip(comparisons.header, row)) for row in comparisons.rows}
+    assert list(paired) == ["UNetTrainer", "SegResNetTrainer", "SDMCPretrainedTrainer"]
+    assert paired["UNetTrainer"]["patients paired"] == "4" and paired["SegResNetTrainer"]["patients paired"] == "2"
+    assert paired["SegResNetTrainer"]["folds (SDMC-Seg; other)"] == "0, 1; 0"
+    for trainer in expected_p:
+        assert paired[trainer]["p"] == f"{expected_p[trainer]:.3g}"
+        assert paired[trainer]["Holm p"] == f"{holm[trainer]:.3g}"
+        assert paired[trainer]["at 0.05 after Holm"] == "within noise"
+    assert paired["SDMCPretrainedTrainer"]["at 0.05 after Holm"].startswith("not tested: every shared patient")
+    words = " ".join(block for block in section.blocks if isinstance(block, str))
+    assert "No difference from SDMC-Seg is significant at 0.05 after Holm correction." in words
+    assert "Within noise (not significant at 0.05 after Holm correction): UNetTrainer (U-Net)" in words
+    assert "Not tested: SDMCPretrainedTrainer" in words
+
+
+def test_statistics_are_left_out_with_a_reason_without_patients(environment, tmp_path):
+    results = collect_results(2021, "sdmcPlans", "2d")
+    results.raw_folder = tmp_path  # a raw dataset without case_info.json
+    section = statistics_section(results)
+    assert len(section.blocks) == 1 and "Left out" in section.blocks[0] and "case_info.json" in section.blocks[0]
+
+
 def test_slice_choice_is_deterministic_one_per_lesion_kind():
     areas = {case: class_areas(label_map(case)) for case in CASES}
     chosen = choose_slices(areas)
@@ -220,6 +309,8 @@ def test_report_files_and_sections(made_report, capsys):
     assert "ResUNet34Trainer: not trained" in markdown and "SwinUNETRTrainer: not trained" in markdown
     assert "UNetTrainer: 2 folds (0, 1) finished" in markdown and "sdmcPlans" in markdown
     assert "(published, not measured)" in markdown
+    assert "## Statistics over patients" in markdown and "Wilcoxon signed-rank" in markdown
+    assert "within noise" in markdown and "after Holm correction" in markdown
     assert "reconstruction comparison is left out" not in markdown
     html = (made_report / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 3 and 'class="published"' in html

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from sdmcunet.dataset_conversion.overlay import label_map_from_overlay
+from sdmcunet.dataset_conversion.png_window import WindowStatistics
 from sdmcunet.dataset_conversion.teknofest_layout import SourceSlice
 from sdmcunet.imageio import grey_channel, read_dicom_slice, read_png, write_image, write_label_map
 from sdmcunet.labels import NON_STROKE
@@ -31,6 +32,8 @@ class CaseRecord:
     patient_id: str | None = None
     study_uid: str | None = None
     notes: list[str] = field(default_factory=list)
+    # how the PNG's grey follows the DICOM's HU on this slice (slices with both files), to measure the window
+    png_window_statistics: WindowStatistics | None = None
 
 
 def convert_slice(source: SourceSlice, with_dicom: bool, dataset_dir: Path) -> CaseRecord:
@@ -70,7 +73,9 @@ def _convert(source: SourceSlice, with_dicom: bool, dataset_dir: Path) -> CaseRe
     record = CaseRecord(source.stem, source.folder_class, [], grey.shape, (1.0, 1.0), notes=notes)
     channels = [grey]
     if with_dicom:
-        channels.insert(0, _ct_channel(source, grey.shape, record))
+        hounsfield = _ct_channel(source, grey.shape, record)
+        record.png_window_statistics = WindowStatistics.of_pixels(hounsfield, grey)
+        channels.insert(0, hounsfield)
     label_map = _label_map(source, png, record)
     record.labels_present = sorted(int(value) for value in np.unique(label_map))
 

@@ -21,9 +21,12 @@ from sdmcunet import __version__, paths
 from sdmcunet.dataset_conversion.convert_slice import (
     CT_CHANNELS, FILE_ENDING, PNG_ONLY_CHANNELS, SliceSkipped, convert_slice,
 )
+from sdmcunet.dataset_conversion.png_window import DegenerateFit, WindowStatistics, fit_png_window
 from sdmcunet.dataset_conversion.teknofest_layout import SourceInventory, SourceSlice, scan_release
 from sdmcunet.labels import CLASS_ABBREVIATIONS, HEMORRHAGIC, ISCHEMIC, LABELS
-from sdmcunet.raw_dataset import DATASET_FILE, dataset_folder_name, folders_with_id, make_dataset_json
+from sdmcunet.raw_dataset import (
+    DATASET_FILE, DEFAULT_PNG_WINDOW, PNG_WINDOW_KEY, dataset_folder_name, folders_with_id, make_dataset_json,
+)
 from sdmcunet.utils.cli import add_num_processes_argument, configure_logging, console_entry, non_negative_int
 from sdmcunet.utils.errors import SDMCError
 from sdmcunet.utils.files import atomic_write_json, make_folder, read_json
@@ -124,19 +127,40 @@ def _write_dataset_files(work: Path, inventory: SourceInventory, records: dict[s
     if not converted:
         raise SDMCError(f"{inventory.root}: no slice could be converted; see {work / 'conversion.log'}")
     channels = CT_CHANNELS if inventory.has_dicom else PNG_ONLY_CHANNELS
+    fit, refusal = _measure_png_window(converted) if inventory.has_dicom else (None, None)
+    measured = {PNG_WINDOW_KEY: fit} if fit else {}
     atomic_write_json(work / DATASET_FILE, make_dataset_json(
         channels, LABELS, len(converted), FILE_ENDING,
         name="Stroke2021", description="TEKNOFEST-2021 stroke CT slices converted by sdmcunet",
-        reference="Ministry of Health of Türkiye open data portal, dataset 1",
+        reference="Ministry of Health of Türkiye open data portal, dataset 1", **measured,
     ))
     atomic_write_json(work / "case_info.json", {
         record["case"]: {key: record[key] for key in ("label_class", "patient_id", "study_uid", "spacing")}
         for record in converted
     })
-    atomic_write_json(work / "conversion_report.json", _report(inventory, converted, skipped, fingerprint))
+    report = _report(inventory, converted, skipped, fingerprint) | measured
+    if refusal:
+        report[f"{PNG_WINDOW_KEY}_refused"] = refusal
+    atomic_write_json(work / "conversion_report.json", report)
     for entry in skipped:
         log.warning("skipped %s (%s): %s", entry["case"], entry["folder"], entry["reason"])
     log.info("converted %d slices, skipped %d", len(converted), len(skipped) + len(inventory.conflicts))
+
+
+def _measure_png_window(converted: list[dict]) -> tuple[dict | None, str | None]:
+    """The PNG's window fitted over the slices with both DICOM and PNG, as dataset.json records it, or
+    None and why not (a warning: a PNG-channel model given DICOM only will assume the default window)."""
+    per_slice = [WindowStatistics(**record["png_window_statistics"]) for record in converted
+                 if record.get("png_window_statistics")]  # absent from records of an older converter
+    try:
+        fit = fit_png_window(per_slice)
+    except DegenerateFit as reason:
+        log.warning("no PNG window measured from the DICOM/PNG pairs: %s; a PNG-channel model given DICOM only "
+                    "will assume the brain window %g..%g HU", reason, *DEFAULT_PNG_WINDOW)
+        return None, str(reason)
+    log.info("the PNGs are the window %.2f..%.2f HU of the DICOMs (RMSE %.2f grey levels over %d pixels of %d slices)",
+             fit.low, fit.high, fit.rmse_grey_levels, fit.pixels, fit.slices)
+    return asdict(fit), None
 
 
 def _report(inventory: SourceInventory, converted: list[dict], skipped: list[dict], fingerprint: str) -> dict:

@@ -218,6 +218,7 @@ def _write_dicom(target: Path, record: SliceRecord, hounsfield: np.ndarray) -> N
     dataset.Modality, dataset.ImageType = "CT", ["ORIGINAL", "PRIMARY", "AXIAL"]
     dataset.PatientID, dataset.PatientName = patient_id, f"Synthetic^{patient_id}"
     dataset.StudyInstanceUID, dataset.SeriesInstanceUID = _uid(patient_id, "study"), _uid(patient_id, "series")
+    dataset.FrameOfReferenceUID = _uid(patient_id, "frame of reference")
     dataset.SeriesNumber, dataset.InstanceNumber = 1, k + 1
     rows, columns = hounsfield.shape
     spacing, level = patient.pixel_spacing_mm, patient.level_mm(k)

@@ -5,7 +5,9 @@
     sdmc_evaluate -d 2021 -tr UNetTrainer                           # all folds together (cross-validation)
 
 Label maps are PNG or NIfTI. The summary.json layout is docs/design.md §7 (see evaluation/metrics.py),
-plus `left_out`: the cases skipped by --ignore_missing.
+plus `left_out`: the cases skipped by --ignore_missing, and `patients`: 95% bootstrap intervals over
+patients (evaluation/statistics.py) when the references are a raw dataset's labelsTr/labelsTs or a
+model's dataset with a `case_info.json`, else null intervals and the reason.
 """
 
 import argparse
@@ -14,6 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from sdmcunet.evaluation.metrics import CaseResult, evaluate_case, summarise, write_summary
+from sdmcunet.evaluation.statistics import patient_block, patients_of_references
 from sdmcunet import paths
 from sdmcunet.raw_dataset import find_dataset
 from sdmcunet.results.layout import SUMMARY_FILE
@@ -86,6 +89,8 @@ def evaluate_pairs(pairs: list[CasePair], num_processes: int, left_out: Sequence
     summary = summarise(outcomes)
     summary["left_out"] = {"count": len(left_out), "cases": list(left_out),
                            "reason": "no reference or no prediction file (--ignore_missing)"}
+    patients = patients_of_references({pair.reference.parent for pair in pairs}, [pair.case for pair in pairs])
+    summary["patients"] = patient_block(summary["metric_per_case"], patients)
     return summary
 
 
@@ -94,9 +99,13 @@ def evaluate_and_write(pairs: list[CasePair], output: Path, num_processes: int, 
     pairs, left_out = complete_pairs(pairs, ignore_missing, hint)
     summary = evaluate_pairs(pairs, num_processes, left_out)
     write_summary(output, summary)
-    stroke2021 = summary["stroke2021"]
+    stroke2021, patients = summary["stroke2021"], summary["patients"]
     log.info("%d cases: Stroke2021 DSC Mean %.4f (IS %.4f, HS %.4f); wrote %s", len(pairs),
              stroke2021["DSC"]["Mean"], stroke2021["DSC"]["IS"], stroke2021["DSC"]["HS"], output)
+    if patients["ci95"] is None:
+        log.info("no intervals over patients: %s", patients["reason"])
+    elif interval := patients["ci95"]["DSC"]["Mean"]:
+        log.info("%d patients: DSC Mean 95%% bootstrap interval [%.4f, %.4f]", patients["n_patients"], *interval)
     return summary
 
 

@@ -31,7 +31,7 @@ from sdmcunet.postprocessing.remove_small_components import (
 from sdmcunet.experiment_planning.plans import MASK_AUTOENCODER_FAMILY
 from sdmcunet.results.layout import SUMMARY_FILE
 from sdmcunet.results.trained_model import CasePair, TrainedModel, models_in
-from sdmcunet.training.trainers import TRAINERS
+from sdmcunet.training.trainers import TRAINERS, nnUNetTrainer
 from sdmcunet.utils.cli import add_num_processes_argument, configure_logging, console_entry, non_negative_int
 from sdmcunet.utils.errors import SDMCError
 from sdmcunet.utils.files import atomic_write_bytes, atomic_write_json
@@ -42,6 +42,9 @@ RESULT_FILE = "find_best_configuration.json"
 INSTRUCTIONS_FILE = "inference_instructions.txt"
 DEFAULT_FOLDS = [0, 1, 2, 3, 4]
 ENSEMBLES_FOLDER = "ensembles"
+NNUNET_NOTE = ("nnUNetv2_predict reads INPUT_FOLDER in nnU-Net's naming ({case}_0000{ending}, one file per channel "
+               "of dataset.json, as in imagesTr), which sdmc_predict reads too; the nnUNet_* folders are where "
+               "sdmc_train -tr nnUNetTrainer put nnU-Net's data and model.")
 
 
 @dataclass(frozen=True)
@@ -134,12 +137,16 @@ def ensemble_candidate(members: tuple[TrainedModel, ...], folds: list[int], num_
     return Candidate(name, members, folder, pairs, summary)
 
 
-def predict_command(model: TrainedModel, output: str, folds: list[int], save_probabilities: bool) -> str:
-    return " ".join([
+def predict_commands(model: TrainedModel, output: str, folds: list[int], save_probabilities: bool) -> list[str]:
+    """The commands that predict INPUT_FOLDER into `output` with the model: nnU-Net's own for nnUNetTrainer, whose
+    networks sdmc_predict does not build."""
+    if model.trainer == nnUNetTrainer.__name__:
+        return nnUNetTrainer.prediction_commands(model.dataset_id, folds, output, save_probabilities)
+    return [" ".join([
         "sdmc_predict", "-i", "INPUT_FOLDER", "-o", output, "-d", str(model.dataset_id), "-tr", model.trainer,
         "-f", *map(str, folds), "-p", model.plans_name, "-c", model.configuration,
         *(["--save_probabilities"] if save_probabilities else []),
-    ])
+    ])]
 
 
 def inference_instructions(best: Candidate, folds: list[int], postprocessing_file: Path, postprocess: bool) -> str:
@@ -147,17 +154,19 @@ def inference_instructions(best: Candidate, folds: list[int], postprocessing_fil
              f"Stroke2021 DSC Mean {best.score:.4f}.",
              "Run these commands, with your own folder names for INPUT_FOLDER and the OUTPUT_FOLDERs:", ""]
     if len(best.members) == 1:
-        lines.append(predict_command(best.members[0], "OUTPUT_FOLDER", folds, save_probabilities=False))
+        lines += predict_commands(best.members[0], "OUTPUT_FOLDER", folds, save_probabilities=False)
     else:
         outputs = [f"OUTPUT_FOLDER_MODEL_{number}" for number in range(1, len(best.members) + 1)]
-        lines += [predict_command(model, output, folds, save_probabilities=True)
-                  for model, output in zip(best.members, outputs)]
+        lines += [command for model, output in zip(best.members, outputs)
+                  for command in predict_commands(model, output, folds, save_probabilities=True)]
         lines.append(f"sdmc_ensemble -i {' '.join(outputs)} -o OUTPUT_FOLDER")
     if postprocess:
         lines.append(f"sdmc_apply_postprocessing -i OUTPUT_FOLDER -o OUTPUT_FOLDER_POSTPROCESSED "
                      f"-pp {postprocessing_file.resolve()}")
     else:
         lines += ["", "Removing small components did not improve the cross-validation: no postprocessing to apply."]
+    if any(model.trainer == nnUNetTrainer.__name__ for model in best.members):
+        lines += ["", NNUNET_NOTE]
     return "\n".join(lines) + "\n"
 
 

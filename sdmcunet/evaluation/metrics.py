@@ -11,7 +11,9 @@ P = (prediction == c) and G = (reference == c):
 
 That protocol never sees a lesion predicted on a slice without one, so the summary also reports
 the false-positive slice rate, and nnU-Net's per-case counts, Dice, IoU and HD95 (a Stroke2021
-case is a single 2D slice).
+case is a single 2D slice). Each `metric_per_case` entry also keeps the slice's protocol scores
+(`stroke2021`: DSC, IoU, mIoU per class, null where the reference lacks the class), so that
+statistics over patients (evaluation/statistics.py) can regroup the slices without the label maps.
 """
 
 import math
@@ -208,6 +210,12 @@ def false_positive_slice_rate(results: Sequence[CaseResult]) -> dict[str, float]
     return rates
 
 
+def named_slice_scores(scores: Mapping[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    """A slice's `slice_scores` keyed by class abbreviation, as `metric_per_case` stores them."""
+    return {metric: {CLASS_ABBREVIATIONS[label]: float(values[label]) for label in range(NUM_CLASSES)}
+            for metric, values in scores.items()}
+
+
 def summarise(results: Iterable[CaseResult]) -> dict[str, Any]:
     """The summary.json content (with NaN; see `to_json_safe`) of evaluated cases."""
     results = list(results)
@@ -223,7 +231,8 @@ def summarise(results: Iterable[CaseResult]) -> dict[str, Any]:
     foreground_mean = {metric: float(np.mean([mean[label][metric] for label in labels])) for metric in metric_names}
     return {
         "stroke2021": stroke2021_block([result.slice_scores for result in results]),
-        "metric_per_case": [{"case": result.name, "metrics": result.metrics} for result in results],
+        "metric_per_case": [{"case": result.name, "metrics": result.metrics,
+                             "stroke2021": named_slice_scores(result.slice_scores)} for result in results],
         "mean": mean,
         "foreground_mean": foreground_mean,
         "hd95": {CLASS_ABBREVIATIONS[int(label)]: mean[label]["HD95"] for label in labels},

@@ -11,6 +11,7 @@ batch sizes fitted to the memory target. Add a planner by subclassing one and na
 import math
 
 from sdmcunet.experiment_planning import presets
+from sdmcunet.raw_dataset import DATASET_FILE, DEFAULT_PNG_WINDOW, measured_png_window
 from sdmcunet.utils.errors import SDMCError
 from sdmcunet.utils.registry import Registry
 
@@ -55,11 +56,19 @@ class SDMCPlanner:
     def input_channels(self) -> list[dict]:
         by_name = {name.upper(): channel for channel, name in self.channel_names.items()}
         if "PNG" in by_name:  # the published input: the organisers' PNG, min-max per image
-            return [{"name": "PNG", "source_channel": by_name["PNG"], "normalization": "min_max_per_image"}]
+            return [{"name": "PNG", "source_channel": by_name["PNG"], "normalization": "min_max_per_image",
+                     "png_from_hounsfield": self.png_window()}]
         if "CT" in by_name:
             return [self.fingerprint_window(by_name["CT"])]
         return [{"name": name, "source_channel": channel, "normalization": "min_max_per_image"}
                 for channel, name in sorted(self.channel_names.items())]
+
+    def png_window(self) -> dict:
+        """The window that remakes the PNG channel from HU, so the model can segment DICOM-only input: the
+        one the converter measured on the dataset's DICOM/PNG pairs, else the standard brain window."""
+        measured = measured_png_window(self.dataset_json, f"{DATASET_FILE} of {self.dataset_name}")
+        low, high = measured or DEFAULT_PNG_WINDOW
+        return {"low": low, "high": high, "source": "measured" if measured else "default"}
 
     def fingerprint_window(self, channel: int) -> dict:
         """CT clipped to the 0.5-99.5 percentiles of the lesions' HU, as nnU-Net clips CT."""

@@ -6,6 +6,7 @@ editable by hand; `docs/plans.md` documents every field. A configuration may nam
 """
 
 import copy
+import math
 import re
 from pathlib import Path
 
@@ -22,6 +23,7 @@ OPTIMIZERS = ("adam", "adamw")
 AMP_DTYPES = ("float16", "bfloat16")  # autocast precision on CUDA
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")  # what the SDMC denoiser outputs
 SELECTION_METRICS = ("IoU", "Dice")
+PNG_WINDOW_SOURCES = ("measured", "default")  # measured by the converter on DICOM/PNG pairs, or the brain window
 NETWORK_DIVISOR = 32  # five 2x downsamplings (U-Nets, Swin-UNETR) and the VAE's factor 8
 PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 TOP_LEVEL_KEYS = ("plans_name", "planner", "dataset_name", "num_input_channels_raw", "labels", "configurations")
@@ -180,6 +182,22 @@ def _channel_problems(channel: dict, num_raw_channels: int) -> list[str]:
     elif scheme == "z_score" and not (_is_number(channel.get("std")) and channel["std"] > 0
                                       and _is_number(channel.get("mean"))):
         problems.append("z_score needs a numeric mean and a positive std")
+    if "png_from_hounsfield" in channel:  # absent from older plans: then no PNG is made from HU
+        problems += _png_window_problems(channel["png_from_hounsfield"])
+    return problems
+
+
+def _png_window_problems(window) -> list[str]:
+    """The window that remakes the PNG from HU must be a real interval, and say where it came from."""
+    if not isinstance(window, dict):
+        return [f"png_from_hounsfield must be an object {{low, high, source}}, got {window!r}"]
+    problems = []
+    low, high = window.get("low"), window.get("high")
+    if not (_is_number(low) and _is_number(high) and math.isfinite(low) and math.isfinite(high) and low < high):
+        problems.append(f"png_from_hounsfield low and high must be finite numbers (HU) with low < high, "
+                        f"got low {low!r}, high {high!r}")
+    if window.get("source") not in PNG_WINDOW_SOURCES:
+        problems.append(f"png_from_hounsfield.source must be one of {PNG_WINDOW_SOURCES}, got {window.get('source')!r}")
     return problems
 
 

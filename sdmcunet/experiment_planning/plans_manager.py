@@ -23,12 +23,15 @@ class InputChannel:
     window: tuple[float, float] | None  # (low, high) in the raw channel's units
     mean: float | None  # z_score
     std: float | None
+    # (low, high) HU that remake the PNG channel from a DICOM-only input; None in plans older than it
+    png_from_hounsfield: tuple[float, float] | None = None
 
     @classmethod
     def of(cls, content: dict) -> "InputChannel":
-        window = content.get("window")
+        window, png_window = content.get("window"), content.get("png_from_hounsfield")
         return cls(content.get("name", f"channel {content['source_channel']}"), content["source_channel"],
-                   content["normalization"], tuple(window) if window else None, content.get("mean"), content.get("std"))
+                   content["normalization"], tuple(window) if window else None, content.get("mean"), content.get("std"),
+                   (float(png_window["low"]), float(png_window["high"])) if png_window else None)
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,7 @@ class DicomSlice:
 def read_dicom_slice(path: str | Path, require_ct: bool = True) -> DicomSlice:
     """Read a single-frame greyscale DICOM slice and convert it to Hounsfield units."""
     path = Path(path)
-    dataset = _read_dataset(path)
+    dataset = read_dataset(path)
     try:
         return _ct_slice(path, dataset, require_ct)
     except _header_value_errors() as error:
@@ -90,19 +90,22 @@ def _header_number(dataset: pydicom.Dataset, keyword: str, absent: float) -> flo
     return absent if value is None or value == "" else float(value)
 
 
-def _read_dataset(path: Path) -> pydicom.Dataset:
+def read_dataset(path: Path, stop_before_pixels: bool = False) -> pydicom.Dataset:
+    """A DICOM file's dataset (its header alone with `stop_before_pixels`); an error naming the file when it
+    is no DICOM image or cannot be read."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     try:
-        dataset = pydicom.dcmread(path)
+        dataset = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
     except FileNotFoundError:
         raise SDMCError(f"{path}: file not found") from None
     except InvalidDicomError as error:
         raise SDMCError(f"{path}: not a DICOM file ({error})") from None
     except (EOFError, OSError, KeyError, struct.error, *_header_value_errors()) as error:
         raise SDMCError(f"{path}: unreadable or truncated DICOM ({type(error).__name__}: {error})") from None
-    if missing := [keyword for keyword in REQUIRED_KEYWORDS if keyword not in dataset]:
+    required = [keyword for keyword in REQUIRED_KEYWORDS if not (stop_before_pixels and keyword == "PixelData")]
+    if missing := [keyword for keyword in required if keyword not in dataset]:
         raise SDMCError(f"{path}: DICOM header lacks {', '.join(missing)}: not an image")
     return dataset
 

@@ -22,6 +22,8 @@ if TYPE_CHECKING:  # imported on first use (see _simpleitk)
     import SimpleITK
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
+# Single-file volume formats and the ITK reader of each (NIfTI's also read 2D slices).
+VOLUME_READERS = {".nii.gz": "NiftiImageIO", ".nii": "NiftiImageIO", ".nrrd": "NrrdImageIO", ".mha": "MetaImageIO"}
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_GREY_ALPHA = 4  # the PNG colour type of grey + alpha, which SimpleITK cannot read
 # Where the NIfTI-1 and NIfTI-2 headers (told apart by their size) keep the voxels' data type and offset.
@@ -32,6 +34,11 @@ _NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}  # NIFTI_TYPE_FLOAT32, NIFTI_TYPE_FLOA
 
 def is_nifti(path: str | Path) -> bool:
     return str(path).lower().endswith(NIFTI_SUFFIXES)
+
+
+def is_volume_file(path: str | Path) -> bool:
+    """NIfTI, NRRD or MetaImage (.mha): files that may hold a 3D volume."""
+    return str(path).lower().endswith(tuple(VOLUME_READERS))
 
 
 def read_png(path: str | Path) -> np.ndarray:
@@ -85,19 +92,63 @@ def read_nifti(path: str | Path) -> tuple[np.ndarray, tuple[float, float]]:
 
 def read_nifti_with_geometry(path: str | Path) -> tuple[np.ndarray, ImageGeometry]:
     """A 2D NIfTI image (or a 3D one with a single slice) and its full geometry."""
-    path = Path(path)
-    twin = path.with_name(path.name[:-3]) if path.name.lower().endswith(".gz") else None
-    if twin is not None and twin.is_file():  # ITK's reader opens x.nii when asked for x.nii.gz
-        raise SDMCError(f"{path}: {twin.name} lies beside it and would be read instead; remove one of the two")
-    image = _read(path, "NiftiImageIO")
-    array = _simpleitk().GetArrayFromImage(image)
-    if np.issubdtype(array.dtype, np.floating) and _stores_non_finite_values(path, array.size):
-        raise SDMCError(f"{path}: holds NaN or infinite values")
+    array, geometry = _read_nifti(Path(path))
     if array.ndim == 3 and array.shape[0] == 1:  # nnU-Net writes 2D cases as one-slice volumes
         array = array[0]
     if array.ndim != 2:
         raise SDMCError(f"{path}: expected a 2D image, found shape {array.shape}")
-    return array, ImageGeometry(image.GetSpacing(), image.GetOrigin(), image.GetDirection())
+    return array, geometry
+
+
+def image_slices(path: str | Path) -> int:
+    """How many slices a NIfTI, NRRD or MetaImage file holds (1 for a 2D image), from its header alone."""
+    path = Path(path)
+    reader = _simpleitk().ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as error:
+        reason = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown reason"
+        raise SDMCError(f"{path}: cannot be read as an image ({reason})") from None
+    size = reader.GetSize()
+    return size[2] if len(size) > 2 else 1
+
+
+def read_volume_with_geometry(path: str | Path) -> tuple[np.ndarray, ImageGeometry]:
+    """A NIfTI, NRRD or MetaImage file as (slices, rows, columns) and its full geometry: a 3D volume, or a
+    2D image as one slice. 4D images and images of vectors are refused."""
+    path = Path(path)
+    if is_nifti(path):
+        array, geometry = _read_nifti(path)
+    else:
+        image = _read(path, next(reader for suffix, reader in VOLUME_READERS.items()
+                                 if path.name.lower().endswith(suffix)))
+        array, geometry = _simpleitk().GetArrayFromImage(image), _geometry(image, path)
+        if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+            raise SDMCError(f"{path}: holds NaN or infinite values")
+    if array.ndim not in (2, 3) or len(geometry.itk_spacing) != array.ndim:
+        raise SDMCError(f"{path}: an image of shape {array.shape} with {len(geometry.itk_spacing)}D geometry (values of "
+                        f"several components per voxel); sdmc_predict reads images of one value per voxel")
+    return (array[None] if array.ndim == 2 else array), geometry
+
+
+def _read_nifti(path: Path) -> tuple[np.ndarray, ImageGeometry]:
+    twin = path.with_name(path.name[:-3]) if path.name.lower().endswith(".gz") else None
+    if twin is not None and twin.is_file():  # ITK's reader opens x.nii when asked for x.nii.gz
+        raise SDMCError(f"{path}: {twin.name} lies beside it and would be read instead; remove one of the two")
+    image = _read(path, "NiftiImageIO")
+    geometry = _geometry(image, path)
+    array = _simpleitk().GetArrayFromImage(image)
+    if np.issubdtype(array.dtype, np.floating) and _stores_non_finite_values(path, array.size):
+        raise SDMCError(f"{path}: holds NaN or infinite values")
+    return array, geometry
+
+
+def _geometry(image: "SimpleITK.Image", path: Path) -> ImageGeometry:
+    if image.GetDimension() not in (2, 3):
+        raise SDMCError(f"{path}: a {image.GetDimension()}D image of size {image.GetSize()}; sdmc_predict reads 2D "
+                        f"slices and 3D volumes (split the other axes into files of their own)")
+    return ImageGeometry(image.GetSpacing(), image.GetOrigin(), image.GetDirection())
 
 
 def _stores_non_finite_values(path: Path, n_values: int) -> bool:
@@ -161,7 +212,8 @@ def _read(path: str | Path, image_io: str) -> "SimpleITK.Image":
 
 def write_image(array: np.ndarray, path: str | Path,
                 geometry: ImageGeometry | tuple[float, float] = (1.0, 1.0)) -> None:
-    """Write a 2D array as NIfTI or PNG (chosen by the suffix), atomically.
+    """Write a 2D array as NIfTI or PNG (chosen by the suffix), or a (slices, rows, columns) array with
+    a 3D geometry as a NIfTI volume, atomically.
 
     `geometry` is the reference image's (a spacing alone means origin 0 and the identity direction).
     NIfTI keeps the dtype and the full geometry, a one-slice volume's included; PNG holds only
@@ -169,15 +221,18 @@ def write_image(array: np.ndarray, path: str | Path,
     """
     sitk = _simpleitk()
     path, geometry = Path(path), as_geometry(geometry)
-    if array.ndim != 2:
-        raise ValueError(f"expected a 2D array for {path}, got shape {array.shape}")
     if path.suffix.lower() == ".png":
-        if array.dtype not in (np.uint8, np.uint16):
-            raise ValueError(f"PNG holds uint8 or uint16, not {array.dtype} ({path})")
+        if array.ndim != 2 or array.dtype not in (np.uint8, np.uint16):
+            raise ValueError(f"PNG holds a 2D uint8 or uint16 array, not {array.ndim}D {array.dtype} ({path})")
         image = sitk.GetImageFromArray(np.ascontiguousarray(array))
         image.SetSpacing(geometry.itk_spacing[:2])
     else:
-        image = sitk.GetImageFromArray(np.ascontiguousarray(array[None] if geometry.is_volume else array))
+        if array.ndim == 2 and geometry.is_volume:  # a one-slice volume (nnU-Net's 2D cases) stays one
+            array = array[None]
+        if array.ndim != len(geometry.itk_spacing):
+            raise ValueError(f"a {array.ndim}D array cannot be written with a {len(geometry.itk_spacing)}D "
+                             f"geometry ({path})")
+        image = sitk.GetImageFromArray(np.ascontiguousarray(array))
         image.SetSpacing(geometry.itk_spacing)
         image.SetOrigin(geometry.origin)
         image.SetDirection(geometry.direction)

@@ -1,7 +1,14 @@
-"""`sdmc_predict`: segment a folder of CT slices (DICOM, PNG or NIfTI) with a trained model.
+"""`sdmc_predict`: segment a folder of CT slices, volumes or DICOM series with a trained model.
 
     sdmc_predict -i SLICES -o OUT -d 2021 -tr SDMCFinetunedTrainer -f 0 1 2 3 4
     sdmc_predict -i SLICES -o OUT -m path/to/SDMCFinetunedTrainer__sdmcPlans__2d --overlays
+    sdmc_predict -i DICOM_SERIES -o OUT -d 2021 -tr SDMCFinetunedTrainer -num_samples 5
+    sdmc_predict ... -num_parts 4 -part_id 0   # one of 4 processes (or machines) sharing the cases
+
+A DICOM series or a 3D volume gives a 3D NIfTI label map with the input's geometry and
+`{case}_volumes.json` (lesion volumes in mL); a DICOM series also a DICOM SEG, `{case}_seg.dcm`.
+`volumes.csv` lists the volumes of every case; `prediction_info.json` says which model and options
+made the folder and maps each case's input files to its outputs.
 """
 
 import argparse
@@ -13,15 +20,18 @@ from pathlib import Path
 
 import torch
 
-from sdmcunet.inference.input_files import find_input_cases
+from sdmcunet.inference.input_files import InputListing, find_input_cases
+from sdmcunet.inference.lesion_volumes import VOLUMES_SUFFIX, write_volume_table
 from sdmcunet.inference.model_loading import LoadedModel, load_model
-from sdmcunet.inference.predictor import PredictionOptions, PredictionRun, predict_folder
+from sdmcunet.inference.predictor import PredictionOptions, PredictionRun, output_paths, png_windows, predict_folder
 from sdmcunet.results.layout import FINAL_CHECKPOINT, PLANS_FILE
 from sdmcunet.results.trained_model import TrainedModel
 from sdmcunet.utils.cli import configure_logging, console_entry, non_negative_int, positive_int, random_seed
 from sdmcunet.utils.errors import SDMCError
 from sdmcunet.utils.listing import listed
-from sdmcunet.utils.output_record import RECORD_FILES, OutputRecord, claim_output_folder, write_record
+from sdmcunet.utils.output_record import (
+    RECORD_FILES, OutputRecord, claim_output_folder, read_record, record_lock, write_record,
+)
 
 log = logging.getLogger("sdmcunet.inference")
 COMMAND = "sdmc_predict"
@@ -31,9 +41,9 @@ RUN_RECORD = RECORD_FILES[COMMAND]  # which model and options made the folder's 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="sdmc_predict", description=__doc__.splitlines()[0])
     parser.add_argument("-i", dest="input", type=Path, required=True,
-                        help="folder of slices: DICOM (.dcm, .dicom) and/or PNG sharing their stem (the case), NIfTI, "
-                        "or a raw dataset's imagesTr/imagesTs ({case}_{channel:04d}{ending}, channels as its "
-                        "dataset.json names them)")
+                        help="folder of slices: DICOM (any name; a series of slices is one volume) and/or PNG "
+                        "sharing their stem (the case), NIfTI/NRRD/MHA slices or CT volumes, or a raw dataset's "
+                        "imagesTr/imagesTs ({case}_{channel:04d}{ending}, channels as its dataset.json names them)")
     parser.add_argument("-o", dest="output", type=Path, required=True, help="output folder")
     model = parser.add_mutually_exclusive_group(required=True)
     model.add_argument("-d", dest="dataset_id", type=non_negative_int,
@@ -57,10 +67,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "other options, delete its outputs first")
     parser.add_argument("-np", dest="num_processes", type=non_negative_int, default=2,
                         help="worker processes reading and writing slices (default 2; 0 = none)")
+    parser.add_argument("-num_parts", type=positive_int, default=1,
+                        help="split the input's cases into this many parts, one per process or machine (default 1)")
+    parser.add_argument("-part_id", type=non_negative_int, default=0,
+                        help="which part this process predicts: 0 .. num_parts - 1 (default 0)")
     parser.add_argument("-device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
     if args.dataset_id is not None and not args.trainer:
         parser.error("-d needs -tr TRAINER")
+    if args.part_id >= args.num_parts:
+        parser.error(f"-part_id {args.part_id} is out of range: with -num_parts {args.num_parts} it is 0 .. "
+                     f"{args.num_parts - 1}")
     return args
 
 
@@ -95,6 +112,32 @@ def _made_by(model: LoadedModel, checkpoint_name: str, options: PredictionOption
     }
 
 
+def part_of(listing: InputListing, num_parts: int, part_id: int) -> InputListing:
+    """The cases (and unpredictable inputs) of one part of a split job: every `num_parts`-th of them by
+    name, so that the parts cover each case once, whichever machine runs which part."""
+    names = sorted({*listing.cases, *listing.problems})[part_id::num_parts]
+    return InputListing({name: listing.cases[name] for name in names if name in listing.cases},
+                        {name: listing.problems[name] for name in names if name in listing.problems},
+                        listing.ignored, listing.warnings)
+
+
+def _run_details(output: Path, record: OutputRecord, listing: InputListing, run: PredictionRun,
+                 options: PredictionOptions) -> dict:
+    """The record's details after this run, merged with what earlier runs (or other parts) recorded."""
+    previous = read_record(output, record)
+    cases = previous.get("cases", {}) if isinstance(previous.get("cases"), dict) else {}
+    for name in [*run.predicted, *run.skipped]:
+        case = listing.cases[name]
+        cases[name] = {"inputs": [str(path.resolve()) for path in case.input_files()],
+                       "outputs": [str(path.relative_to(output)) for path in output_paths(output, case, options)]}
+    problems = previous.get("problems", {}) if isinstance(previous.get("problems"), dict) else {}
+    problems = {name: reason for name, reason in problems.items() if name not in cases} | run.problems
+    warnings = sorted({*previous.get("warnings", []), *listing.warnings})
+    return {"save_probabilities": options.save_probabilities, "overlays": options.overlays,
+            "predicted": len(run.predicted), "skipped_existing": len(run.skipped),
+            "problems": problems, "warnings": warnings, "cases": dict(sorted(cases.items()))}
+
+
 def _unpredicted_message(run: PredictionRun) -> str:
     reasons = listed((f"{name}: {reason}" for name, reason in sorted(run.problems.items())), separator="; ")
     if not run.predicted and not run.skipped:
@@ -114,20 +157,29 @@ def main(argv: list[str] | None = None) -> int:
         raise SDMCError(f"{folder}: not a model folder (no {PLANS_FILE})")
     model = load_model(folder, args.folds, args.checkpoint, torch.device(args.device), args.trainer)
     needed = {channel.source_channel for channel in model.configuration.input_channels}
-    listing = find_input_cases(args.input, model.dataset, needed)
+    listing = find_input_cases(args.input, model.dataset, needed, set(png_windows(model.configuration)))
     if listing.ignored:
         log.info("ignored %d file(s) of no supported kind: %s", len(listing.ignored), ", ".join(listing.ignored[:10]))
     if not listing.cases and not listing.problems:
-        raise SDMCError(f"{args.input}: no DICOM, PNG or NIfTI slices found")
+        raise SDMCError(f"{args.input}: no DICOM, PNG, NIfTI, NRRD or MHA images found")
+    for warning in listing.warnings:
+        log.warning("%s", warning)
+    listing = part_of(listing, args.num_parts, args.part_id)
     options = PredictionOptions(args.save_probabilities, args.overlays, args.tta, args.num_samples, args.seed,
                                 args.overwrite)
     record = OutputRecord(COMMAND, _made_by(model, args.checkpoint, options))
     additive = {"save_probabilities": options.save_probabilities, "overlays": options.overlays}
-    claim_output_folder(args.output, record, args.overwrite, **additive)
+    with record_lock(args.output, record):
+        claim_output_folder(args.output, record, args.overwrite, **additive)
     run = predict_folder(model, listing, args.output, options, args.num_processes)
-    write_record(args.output, record, **additive, predicted=len(run.predicted), skipped_existing=len(run.skipped),
-                 problems=run.problems)
-    print(f"{len(run.predicted)} slice(s) predicted, {len(run.skipped)} already done, into {args.output}")
+    with record_lock(args.output, record):
+        details = _run_details(args.output, record, listing, run, options)
+        write_record(args.output, record, **details)
+        table = write_volume_table(args.output, [args.output / output for case in details["cases"].values()
+                                                 for output in case["outputs"] if output.endswith(VOLUMES_SUFFIX)])
+    part = f" (part {args.part_id} of 0 .. {args.num_parts - 1})" if args.num_parts > 1 else ""
+    print(f"{len(run.predicted)} case(s) predicted, {len(run.skipped)} already done{part}, into {args.output}"
+          + (f"; lesion volumes in {table}" if table else ""))
     if run.problems:
         raise SDMCError(_unpredicted_message(run))
     return 0

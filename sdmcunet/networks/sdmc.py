@@ -89,6 +89,14 @@ class ImageEncoder(nn.Module):
         return self.projection(self.encoder(image))
 
 
+def draw_statistics(draws: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n_samples, B, classes, H, W) probabilities of noise draws -> their mean (B, classes, H, W) and the
+    uncertainty (B, H, W): the largest per-class std over the draws (zero for one draw)."""
+    if len(draws) == 1:
+        return draws.mean(0), torch.zeros_like(draws[0, :, 0])
+    return draws.mean(0), draws.std(0, unbiased=False).amax(1)
+
+
 class SDMCSeg(nn.Module):
     """`networks`: the plans' sizes of `autoencoder`, `image_encoder` and `denoiser`; `diffusion`: the noise
     schedule and `prediction_type`; `latent_size`: the latent's side or (rows, columns), image size / 8."""
@@ -170,6 +178,12 @@ class SDMCSeg(nn.Module):
     def segment(self, image: torch.Tensor, n_samples: int = 1, generator: torch.Generator | None = None,
                 denoiser: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Class probabilities averaged over `n_samples` noise draws, and their per-pixel std (uncertainty)."""
+        return draw_statistics(self.sample(image, n_samples, generator, denoiser))
+
+    @torch.no_grad()
+    def sample(self, image: torch.Tensor, n_samples: int = 1, generator: torch.Generator | None = None,
+               denoiser: nn.Module | None = None) -> torch.Tensor:
+        """The class probabilities of each of `n_samples` noise draws, (n_samples, B, classes, H, W)."""
         image_latent = self.condition(image)
         timesteps = torch.full((image.shape[0],), self.last_timestep, device=image.device, dtype=torch.long)
         draws = []
@@ -178,8 +192,7 @@ class SDMCSeg(nn.Module):
             output = self.denoise(noise, image_latent, timesteps, denoiser)
             latent = self.estimates(noise, output, timesteps)[1] / self.scale_factor
             draws.append(colour_image_to_probabilities(self.mask_autoencoder.decode(latent).sample))
-        stacked = torch.stack(draws)
-        return stacked.mean(0), stacked.std(0, unbiased=False).amax(1) if n_samples > 1 else torch.zeros_like(stacked[0, :, 0])
+        return torch.stack(draws)
 
     @torch.no_grad()
     def segment_multistep(self, image: torch.Tensor, num_steps: int, diffusion: dict, eta: float = 1.0,

@@ -9,7 +9,7 @@ from pathlib import Path
 from sdmcunet import paths
 from sdmcunet.experiment_planning.plans_manager import PlansManager
 from sdmcunet.raw_dataset import DatasetJson, folders_with_id, load_dataset_json
-from sdmcunet.reporting.published import TABLE3, TABLE4
+from sdmcunet.reporting.published import FIVE_FOLD, TABLE3, TABLE4
 from sdmcunet.results.layout import FINAL_CHECKPOINT
 from sdmcunet.results.trained_model import TrainedModel, models_in
 from sdmcunet.training.trainers import MASK_AUTOENCODER_TRAINER
@@ -17,7 +17,8 @@ from sdmcunet.utils.errors import SDMCError
 
 # The models of the published comparison, in the order the report lists them; other trained
 # models (users' own trainers) follow in alphabetical order.
-EXPECTED_TRAINERS = (*dict.fromkeys(result.trainer for result in (*TABLE3, *TABLE4)), MASK_AUTOENCODER_TRAINER)
+EXPECTED_TRAINERS = (*dict.fromkeys(result.trainer for result in (*TABLE3, *FIVE_FOLD, *TABLE4)),
+                     MASK_AUTOENCODER_TRAINER)
 
 
 @dataclass

@@ -6,14 +6,13 @@ Evaluation, model selection, ensembling, reporting and inference all read a mode
 `TrainedModel`; training writes it (`write_model_description`, checkpoints, validation).
 """
 
-import re
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
 from sdmcunet import paths
 from sdmcunet.experiment_planning.plans_manager import PlansManager
-from sdmcunet.raw_dataset import DatasetJson, folders_with_id, load_dataset_json
+from sdmcunet.raw_dataset import DatasetJson, dataset_id_of, folders_with_id, load_dataset_json
 from sdmcunet.results import layout
 from sdmcunet.results.checkpoints import load_checkpoint
 from sdmcunet.results.history import TrainingHistory
@@ -21,7 +20,6 @@ from sdmcunet.results.splits import fold_cases, load_splits
 from sdmcunet.utils.errors import SDMCError
 from sdmcunet.utils.files import atomic_write_bytes, atomic_write_json, read_json
 
-_DATASET_ID = re.compile(r"^Dataset(\d+)_")
 
 
 @dataclass(frozen=True)
@@ -118,8 +116,7 @@ class TrainedModel:
 
     @property
     def dataset_id(self) -> int | None:
-        match = _DATASET_ID.match(self.folder.parent.name)
-        return int(match[1]) if match else None
+        return dataset_id_of(self.folder.parent.name)
 
     @cached_property
     def plans(self) -> PlansManager:

@@ -3,6 +3,7 @@
     sdmc_train 2021 2d 0 -tr UNetTrainer
     sdmc_train 2021 2d 0 -tr UNetTrainer --c          # resume from checkpoint_latest
     torchrun --nproc_per_node 4 -m sdmcunet.training.run_training 2021 2d 0 -tr UNetTrainer
+    sdmc_train 2021 2d 0 -tr nnUNetTrainer            # nnU-Net v2 itself (pip install 'sdmcunet[nnunet]')
 
 A fold folder that holds a checkpoint is continued (--c), never trained over; one training at a
 time writes a fold folder (`fold_lock`).

@@ -15,11 +15,14 @@ A record is flat JSON: the identity (`made_by`) and the run's details side by si
 `compared_on_reruns` naming the identity's keys.
 """
 
+import fcntl
 import json
 import logging
+import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from sdmcunet.utils.errors import SDMCError
 from sdmcunet.utils.files import atomic_write_json, make_folder, read_json
@@ -29,8 +32,8 @@ log = logging.getLogger("sdmcunet.outputs")
 RECORD_FILES = {"sdmc_predict": "prediction_info.json", "sdmc_ensemble": "ensemble_info.json",
                 "sdmc_apply_postprocessing": "postprocessing_info.json"}
 IDENTITY_KEY = "compared_on_reruns"
-# What the commands write into an output folder: label maps, probabilities and overlays/.
-OUTPUT_ENDINGS = (".png", ".nii.gz", ".nii", ".npz")
+# What the commands write into an output folder: label maps, probabilities, overlays/, DICOM SEG and lesion volumes.
+OUTPUT_ENDINGS = (".png", ".nii.gz", ".nii", ".npz", ".dcm", "_volumes.json", "volumes.csv")
 OUTPUT_SUBFOLDERS = ("overlays",)
 SHOWN_VALUE_CHARACTERS = 300
 
@@ -69,6 +72,29 @@ def claim_output_folder(folder: Path, record: OutputRecord, overwrite: bool, **d
     if records or previous_outputs(folder):
         _refuse_or_clear(folder, records, record, overwrite)
     write_record(folder, record, **details)
+
+
+@contextmanager
+def record_lock(folder: Path, record: OutputRecord) -> Iterator[None]:
+    """One process at a time claims `folder` or updates its record: the parts of a split job
+    (`sdmc_predict -num_parts`) write into one folder. Where the file system has no locks, goes on."""
+    make_folder(folder)
+    descriptor = os.open(folder, os.O_RDONLY)  # the folder itself is locked: no lock file is left behind
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+        except OSError as error:
+            log.warning("%s: cannot lock the folder (%s); do not run parts of a job into it at once", folder, error)
+        yield
+    finally:
+        os.close(descriptor)
+
+
+def read_record(folder: Path, record: OutputRecord) -> dict[str, Any]:
+    """The record of `folder` as stored ({} when there is none)."""
+    path = folder / record.file_name
+    content = read_json(path) if path.is_file() else {}
+    return content if isinstance(content, dict) else {}
 
 
 def write_record(folder: Path, record: OutputRecord, **details: Any) -> None:
