@@ -24,6 +24,7 @@ from sdmcunet.ensembling import ensemble
 from sdmcunet.evaluation import evaluate_predictions, find_best_configuration
 from sdmcunet.evaluation.find_best_configuration import Candidate, inference_instructions
 from sdmcunet.experiment_planning.plans import load_plans, plans_path
+from sdmcunet.experiment_planning.plans_manager import PlansManager
 from sdmcunet.imageio import read_label_slice_with_geometry, write_label_map
 from sdmcunet.imageio.probabilities import load_probabilities
 from sdmcunet.inference import predict
@@ -35,11 +36,11 @@ from sdmcunet.results.trained_model import TrainedModel
 from sdmcunet.training import run_training
 from sdmcunet.training import trainers
 from sdmcunet.training.trainers import TRAINERS
-from sdmcunet.training.trainers.nnunet import NNUNET_PLANS_COPY, NnunetFolders
+from sdmcunet.training.trainers.nnunet import NnunetFolders, NnunetPlans
 from sdmcunet.utils.files import read_json
 
 DATASET = "Dataset2021_Stroke2021"
-NNUNET_MODEL = "nnUNetTrainer__nnUNetPlans__2d"
+NNUNET_MODEL = "nnUNetTrainer__nnUNetPlans_cpu__2d"  # the dataset is planned for the CPU
 TRAIN = ["2021", "2d", "0", "-tr", "nnUNetTrainer", "-device", "cpu", "-num_loader_workers", "0"]
 
 
@@ -109,7 +110,7 @@ def write_nnunet_validation(preprocessed: Path, results: Path) -> Path:
         probabilities = np.full((3, 1, *labels.shape), 0.05, dtype=np.float32)
         np.put_along_axis(probabilities, labels[None, None].astype(np.int64), 0.9, axis=0)
         np.savez_compressed(folder / f"{case}.npz", probabilities=probabilities)
-    shutil.copyfile(preprocessed.parent / "nnUNet_preprocessed" / DATASET / "nnUNetPlans.json",
+    shutil.copyfile(preprocessed.parent / "nnUNet_preprocessed" / DATASET / "nnUNetPlans_cpu.json",
                     nnunet_folder(results) / "plans.json")
     return folder
 
@@ -121,7 +122,7 @@ def train_unet(fold: str = "0") -> None:
 
 def test_nnunet_plans_and_preprocesses_the_dataset_once_with_this_projects_splits(prepared, results):
     nnunet = prepared.parent / "nnUNet_preprocessed" / DATASET
-    plans = nnunet / "nnUNetPlans.json"
+    plans = nnunet / "nnUNetPlans_cpu.json"
     identifier = read_json(plans)["configurations"]["2d"]["data_identifier"]
     for case in read_json(prepared / layout.FINGERPRINT_FILE)["cases"]:
         assert (nnunet / identifier / f"{case}.pkl").is_file()
@@ -132,6 +133,17 @@ def test_nnunet_plans_and_preprocesses_the_dataset_once_with_this_projects_split
     assert plans.stat().st_mtime_ns == made
 
 
+def test_nnunet_plans_for_the_hardware_of_this_projects_plans(dataset):
+    """CPU plans: nnU-Net's planner at a CPU-sized memory target under its own plans name; GPU plans (whatever their
+    target): nnU-Net's default plans, as published comparisons train them."""
+    plans = PlansManager(load_plans(plans_path(dataset, "sdmcPlans")))
+    assert plans.compute_target["device"] == "cpu"
+    assert NnunetPlans.for_plans(plans) == NnunetPlans("nnUNetPlans_cpu", 0.15)
+    for target in (None, 8.0, 40.0):
+        plans.content["compute_target"] = {"device": "cuda", "gpu_memory_target_gb": target}
+        assert NnunetPlans.for_plans(plans) == NnunetPlans("nnUNetPlans", None)
+
+
 def test_a_validation_of_nnunet_comes_into_this_projects_results(prepared, results):
     write_nnunet_validation(prepared, results)
     trainer = delegate(prepared)
@@ -140,7 +152,7 @@ def test_a_validation_of_nnunet_comes_into_this_projects_results(prepared, resul
     model = TrainedModel.find(2021, "nnUNetTrainer", "sdmcPlans", "2d")
     assert model.folder.name == "nnUNetTrainer__sdmcPlans__2d"
     assert [fold.name for fold in model.finished_folds()] == ["0"]
-    assert (model.folder / NNUNET_PLANS_COPY).is_file() and model.plans.plans_name == "sdmcPlans"
+    assert (model.folder / "nnUNetPlans_cpu.json").is_file() and model.plans.plans_name == "sdmcPlans"
     record = load_checkpoint(model.fold(0).checkpoint, "nnUNetTrainer")["nnunet"]
     assert record["checkpoint"] == str(nnunet_folder(results).resolve() / "fold_0" / "checkpoint_final.pth")
     for case in validation_cases(prepared):
@@ -162,18 +174,21 @@ def test_a_validation_of_nnunet_comes_into_this_projects_results(prepared, resul
     instructions = (results / DATASET / find_best_configuration.INSTRUCTIONS_FILE).read_text()
     assert "sdmc_predict" not in instructions.split("\n\n")[1]
     assert (f"nnUNet_results={nnunet_folder(results).parents[1].resolve()} nnUNetv2_predict -i INPUT_FOLDER "
-            f"-o OUTPUT_FOLDER -d 2021 -c 2d -f 0 -tr nnUNetTrainer -p nnUNetPlans\n") in instructions
+            f"-o OUTPUT_FOLDER -d 2021 -c 2d -f 0 -tr nnUNetTrainer -p nnUNetPlans_cpu\n") in instructions
 
 
 def test_the_instructions_of_an_ensemble_with_nnunet_convert_its_predictions_for_sdmc_ensemble(dataset, results):
     folders = NnunetFolders.of_this_project().environment()
     nnunet, unet = (TrainedModel(results / DATASET / f"{trainer}__sdmcPlans__2d") for trainer in
                     ("nnUNetTrainer", "UNetTrainer"))
+    for model in (nnunet, unet):  # as trained: each with its plans, whose compute target names nnU-Net's plans
+        model.folder.mkdir(parents=True)
+        shutil.copyfile(plans_path(dataset, "sdmcPlans"), model.folder / layout.PLANS_FILE)
     best = Candidate("ensemble", (nnunet, unet), results, [], {"stroke2021": {"DSC": {"Mean": 0.5}}})
     lines = inference_instructions(best, [0, 1], results / "postprocessing.json", False).splitlines()
     assert lines[3:7] == [
         " ".join(f"{name}={folder}" for name, folder in folders.items()) + " nnUNetv2_predict -i INPUT_FOLDER -o "
-        "OUTPUT_FOLDER_MODEL_1_NNUNET -d 2021 -c 2d -f 0 1 -tr nnUNetTrainer -p nnUNetPlans --save_probabilities",
+        "OUTPUT_FOLDER_MODEL_1_NNUNET -d 2021 -c 2d -f 0 1 -tr nnUNetTrainer -p nnUNetPlans_cpu --save_probabilities",
         "python -m sdmcunet.training.trainers.nnunet_v2 -i OUTPUT_FOLDER_MODEL_1_NNUNET -o OUTPUT_FOLDER_MODEL_1",
         "sdmc_predict -i INPUT_FOLDER -o OUTPUT_FOLDER_MODEL_2 -d 2021 -tr UNetTrainer -f 0 1 -p sdmcPlans -c 2d "
         "--save_probabilities",
@@ -202,7 +217,7 @@ def test_sdmc_predict_and_sdmc_report_take_the_nnunet_model(prepared, results, c
     code = predict.main(["-i", str(prepared.parents[1] / "raw" / DATASET / "imagesTr"), "-o", str(results / "out"),
                          "-d", "2021", "-tr", "nnUNetTrainer", "-device", "cpu"])
     refused(capsys, code, "nnUNetTrainer's networks are nnU-Net's", "nnUNetv2_predict -i INPUT_FOLDER -o OUTPUT_FOLDER "
-            "-d 2021 -c 2d -f 0 1 2 3 4 -tr nnUNetTrainer -p nnUNetPlans")
+            "-d 2021 -c 2d -f 0 1 2 3 4 -tr nnUNetTrainer -p nnUNetPlans_cpu")
     assert report.main(["-d", "2021"]) == 0
     assert "nnUNetTrainer: 1 fold (0) finished, 1 fold (0) with a validation summary" in (
         results / DATASET / "report" / "report.md").read_text()
@@ -236,7 +251,7 @@ def other_splits(nnunet: Path, results: Path) -> Path:
 
 
 def other_configuration(nnunet: Path, results: Path) -> Path:
-    plans = read_json(nnunet / "nnUNetPlans.json")
+    plans = read_json(nnunet / "nnUNetPlans_cpu.json")
     plans["configurations"]["2d"]["patch_size"] = [32, 32]
     path = nnunet_folder(results) / "plans.json"
     path.parent.mkdir(parents=True)

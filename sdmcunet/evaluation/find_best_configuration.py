@@ -141,7 +141,7 @@ def predict_commands(model: TrainedModel, output: str, folds: list[int], save_pr
     """The commands that predict INPUT_FOLDER into `output` with the model: nnU-Net's own for nnUNetTrainer, whose
     networks sdmc_predict does not build."""
     if model.trainer == nnUNetTrainer.__name__:
-        return nnUNetTrainer.prediction_commands(model.dataset_id, folds, output, save_probabilities)
+        return nnUNetTrainer.prediction_commands(model.plans, folds, output, save_probabilities)
     return [" ".join([
         "sdmc_predict", "-i", "INPUT_FOLDER", "-o", output, "-d", str(model.dataset_id), "-tr", model.trainer,
         "-f", *map(str, folds), "-p", model.plans_name, "-c", model.configuration,

@@ -7,9 +7,14 @@ folders, which this project owns and sets in the process's environment before nn
 (overriding any of the user's, which nnU-Net would otherwise read):
 
     nnUNet_raw          = $SDMC_raw                               our raw datasets are nnU-Net v2 datasets
-    nnUNet_preprocessed = $SDMC_preprocessed/nnUNet_preprocessed  nnU-Net's fingerprint, nnUNetPlans, 2d data,
-                                                                  and this project's splits_final.json
+    nnUNet_preprocessed = $SDMC_preprocessed/nnUNet_preprocessed  nnU-Net's fingerprint, plans, 2d data, and
+                                                                  this project's splits_final.json
     nnUNet_results      = $SDMC_results/nnUNet_results            nnU-Net's model folder and checkpoints
+
+nnU-Net plans for the hardware this project's plans were made for (`NnunetPlans`): its default `nnUNetPlans` (its
+planner's 8 GB GPU memory target, what published comparisons train) for GPU plans, and `nnUNetPlans_cpu`, its
+planner at a CPU-sized memory target, for the CPU plans of `sdmc_plan_and_preprocess --cpu`, as the other trainers
+train smaller networks there.
 
 A fold trained so leaves in this project's `nnUNetTrainer__{plans}__2d/fold_{f}/`: the validation (label maps in
 their references' geometry, probabilities as `{case}.npz` (classes, rows, columns), summary.json scored by this
@@ -33,7 +38,7 @@ from torch import nn
 
 from sdmcunet import paths
 from sdmcunet.evaluation.metrics import summarise_cases, write_summary
-from sdmcunet.experiment_planning.plans_manager import ConfigurationManager
+from sdmcunet.experiment_planning.plans_manager import ConfigurationManager, PlansManager
 from sdmcunet.imageio import DEFAULT_GEOMETRY, read_label_slice_with_geometry, write_label_map
 from sdmcunet.imageio.probabilities import PROBABILITIES_KEY, save_probabilities
 from sdmcunet.raw_dataset import dataset_id_of, load_dataset_json
@@ -52,11 +57,33 @@ if TYPE_CHECKING:  # imported at run time only once nnU-Net's folders are set (`
 log = logging.getLogger("sdmcunet.training")
 
 NNUNET_TRAINER = "nnUNetTrainer"  # nnU-Net's class name: its folders and checkpoints are nnU-Net's own
-NNUNET_PLANS = "nnUNetPlans"
+NNUNET_PLANS = "nnUNetPlans"  # nnU-Net's default plans, for this project's GPU plans
+NNUNET_CPU_PLANS = "nnUNetPlans_cpu"  # for its CPU plans
+# nnU-Net's 2d plans of 256 x 256 slices at its default 8 GB: 7 stages, batch 32 of 256 x 320 patches, over 40 s a
+# training step on 2 CPU cores; at 0.15 GB: 6 stages, batch 2 of 160 x 160 patches, about 1 s (its network alone).
+NNUNET_CPU_MEMORY_GB = 0.15
 NNUNET_CONFIGURATION = "2d"
 NNUNET_EXTRA = "pip install 'sdmcunet[nnunet]'"
-NNUNET_PLANS_COPY = f"{NNUNET_PLANS}.json"  # in this project's model folder: the plans nnU-Net trained with
 RECORD_KEY = "nnunet"  # in this project's checkpoint_final.pth: where nnU-Net's checkpoint lies, and how it trained
+
+
+@dataclass(frozen=True)
+class NnunetPlans:
+    """The nnU-Net plans that nnUNetTrainer trains with for this project's plans (see the module's docstring)."""
+
+    name: str
+    gpu_memory_target_gb: float | None  # what nnU-Net's planner is given; None: its default (8 GB)
+
+    @classmethod
+    def for_plans(cls, plans: PlansManager) -> "NnunetPlans":
+        if plans.compute_target.get("device") == "cpu":
+            return cls(NNUNET_CPU_PLANS, NNUNET_CPU_MEMORY_GB)
+        return cls(NNUNET_PLANS, None)
+
+    @property
+    def file_name(self) -> str:
+        """nnU-Net's plans file in its preprocessed dataset folder; its copy in this project's model folder."""
+        return f"{self.name}.json"
 
 
 @dataclass(frozen=True)
@@ -80,10 +107,9 @@ class NnunetFolders:
         """nnU-Net's preprocessed dataset folder."""
         return self.preprocessed / dataset_name
 
-    def model(self, dataset_name: str) -> Path:
+    def model(self, dataset_name: str, plans_name: str) -> Path:
         """nnU-Net's model folder of its trainer, plans and configuration."""
-        return self.results / dataset_name / layout.model_folder_name(NNUNET_TRAINER, NNUNET_PLANS,
-                                                                       NNUNET_CONFIGURATION)
+        return self.results / dataset_name / layout.model_folder_name(NNUNET_TRAINER, plans_name, NNUNET_CONFIGURATION)
 
 
 class nnUNetTrainer(Trainer):
@@ -103,19 +129,20 @@ class nnUNetTrainer(Trainer):
                          num_loader_workers, seed, options)
         self.requested_epochs, self.requested_iterations = epochs, iterations_per_epoch
         self.nnunet = NnunetFolders.of_this_project()
+        self.nnunet_plans = NnunetPlans.for_plans(self.plans)
         self.engine: "nnunet_v2.nnUNetTrainer | None" = None  # nnU-Net's trainer of the fold, once made
 
     # --- what this project's other stages ask of a trainer class -----------------------------------------
     @classmethod
     def build_network_architecture(cls, configuration: ConfigurationManager) -> nn.Module:
         """nnU-Net builds its network from its own plans, which this project's predictor does not read."""
-        dataset_id = dataset_id_of(configuration.plans.dataset_name)
+        plans = configuration.plans
         raise SDMCError("nnUNetTrainer's networks are nnU-Net's, which sdmc_predict does not build: predict with "
                         "nnU-Net itself (as `sdmc_find_best_configuration` writes in inference_instructions.txt):\n  "
-                        + cls.prediction_commands(dataset_id, [0, 1, 2, 3, 4], "OUTPUT_FOLDER", False)[0])
+                        + cls.prediction_commands(plans, [0, 1, 2, 3, 4], "OUTPUT_FOLDER", False)[0])
 
     @classmethod
-    def prediction_commands(cls, dataset_id: int, folds: list[int], output: str,
+    def prediction_commands(cls, plans: PlansManager, folds: list[int], output: str,
                             save_probabilities: bool) -> list[str]:
         """nnU-Net's `nnUNetv2_predict` of INPUT_FOLDER (nnU-Net's file naming) into `output` with this project's
         nnU-Net folders; with `save_probabilities`, then the conversion of its folder into one `sdmc_ensemble` reads."""
@@ -123,8 +150,8 @@ class nnUNetTrainer(Trainer):
                                for name, folder in NnunetFolders.of_this_project().environment().items())
         predicted = f"{output}_NNUNET" if save_probabilities else output
         predict = " ".join([environment, "nnUNetv2_predict", "-i", "INPUT_FOLDER", "-o", predicted,
-                            "-d", str(dataset_id), "-c", NNUNET_CONFIGURATION,
-                            "-f", *map(str, folds), "-tr", NNUNET_TRAINER, "-p", NNUNET_PLANS,
+                            "-d", str(dataset_id_of(plans.dataset_name)), "-c", NNUNET_CONFIGURATION,
+                            "-f", *map(str, folds), "-tr", NNUNET_TRAINER, "-p", NnunetPlans.for_plans(plans).name,
                             *(["--save_probabilities"] if save_probabilities else [])])
         if not save_probabilities:
             return [predict]
@@ -205,8 +232,11 @@ class nnUNetTrainer(Trainer):
     def nnunet_dataset(self) -> Path:
         return self.nnunet.dataset(self.plans.dataset_name)
 
+    def nnunet_model_folder(self) -> Path:
+        return self.nnunet.model(self.plans.dataset_name, self.nnunet_plans.name)
+
     def nnunet_fold_folder(self) -> Path:
-        return layout.fold_folder(self.nnunet.model(self.plans.dataset_name), self.fold)
+        return layout.fold_folder(self.nnunet_model_folder(), self.fold)
 
     def prepare_nnunet_dataset(self) -> Path:
         """nnU-Net's fingerprint, plans and preprocessed 2d data of this dataset, made unless complete, with this
@@ -214,7 +244,8 @@ class nnUNetTrainer(Trainer):
         if not self._nnunet_data_complete():
             log.info("nnU-Net's planning and preprocessing of %s into %s", self.plans.dataset_name,
                      self.nnunet_dataset)
-            self.nnunet_v2().plan_and_preprocess(self.dataset_id, NNUNET_PLANS, NNUNET_CONFIGURATION,
+            self.nnunet_v2().plan_and_preprocess(self.dataset_id, self.nnunet_plans.name,
+                                                 self.nnunet_plans.gpu_memory_target_gb, NNUNET_CONFIGURATION,
                                                  max(1, self.num_loader_workers))
         self._copy_splits()
         return self.nnunet_dataset
@@ -222,7 +253,7 @@ class nnUNetTrainer(Trainer):
     def _nnunet_data_complete(self) -> bool:
         """nnU-Net's plans exist, and every case of this dataset is preprocessed with its reference copied (the
         last thing nnU-Net's preprocessing does): a killed preprocessing is made again."""
-        plans_file = self.nnunet_dataset / f"{NNUNET_PLANS}.json"
+        plans_file = self.nnunet_dataset / self.nnunet_plans.file_name
         if not plans_file.is_file():
             return False
         identifier = read_json(plans_file).get("configurations", {}).get(NNUNET_CONFIGURATION, {}).get(
@@ -245,16 +276,16 @@ class nnUNetTrainer(Trainer):
         elif read_json(theirs) != load_splits(self.preprocessed_folder):
             raise SDMCError(f"{theirs}: nnU-Net's splits differ from this project's {ours}, so nnUNetTrainer's folds "
                             f"would not be the other trainers' folds; move it away (and the nnU-Net trainings in "
-                            f"{self.nnunet.model(self.plans.dataset_name)} made with it) to train on this project's "
+                            f"{self.nnunet_model_folder()} made with it) to train on this project's "
                             f"splits")
 
     def check_nnunet_model_folder(self) -> None:
         """nnU-Net's model folder must hold trainings of this dataset with the plans nnU-Net has now for 2d: a
         checkpoint of other plans would not fit the network, or would score other data."""
-        trained = self.nnunet.model(self.plans.dataset_name) / layout.PLANS_FILE
+        trained = self.nnunet_model_folder() / layout.PLANS_FILE
         if not trained.is_file():
             return
-        if reason := plans_difference(read_json(trained), self.nnunet_dataset / f"{NNUNET_PLANS}.json"):
+        if reason := plans_difference(read_json(trained), self.nnunet_dataset / self.nnunet_plans.file_name):
             raise SDMCError(f"{trained}: nnU-Net results of another dataset or configuration ({reason}); move "
                             f"{trained.parent} away to train again")
 
@@ -266,8 +297,8 @@ class nnUNetTrainer(Trainer):
                             f"continue it with --c, or move that folder away to start over")
 
     def _make_engine(self, nnunet_v2: ModuleType, resume: bool) -> "nnunet_v2.nnUNetTrainer":
-        return nnunet_v2.fold_trainer(self.nnunet_dataset, NNUNET_CONFIGURATION, self.fold, self.device, resume,
-                                      self.requested_epochs, self.requested_iterations)
+        return nnunet_v2.fold_trainer(self.nnunet_dataset, self.nnunet_plans.file_name, NNUNET_CONFIGURATION,
+                                      self.fold, self.device, resume, self.requested_epochs, self.requested_iterations)
 
     def _resume_engine(self) -> None:
         """nnU-Net's latest checkpoint of the fold, else its final one (a finished training validates again)."""
@@ -285,15 +316,15 @@ class nnUNetTrainer(Trainer):
         and the fold's checkpoint_final.pth: no weights, but where nnU-Net's checkpoint lies, the schedule it trained
         with and the history the reports plot."""
         write_model_description(self.model_folder, self.preprocessed_folder, self.plans.content)
-        atomic_write_bytes(self.model_folder / NNUNET_PLANS_COPY,
-                           (self.nnunet.model(self.plans.dataset_name) / layout.PLANS_FILE).read_bytes())
+        atomic_write_bytes(self.model_folder / self.nnunet_plans.file_name,
+                           (self.nnunet_model_folder() / layout.PLANS_FILE).read_bytes())
         save_checkpoint(self.checkpoint_path("final"), {
             "trainer": type(self).__name__, "plans_name": self.plans.plans_name,
             "dataset_name": self.plans.dataset_name, "labels": self.plans.labels,
             "configuration": self.configuration_name, "fold": str(self.fold), "epoch": history.epochs,
             "history": history.to_state(),
             RECORD_KEY: {"checkpoint": str(self.nnunet_fold_folder() / layout.FINAL_CHECKPOINT),
-                         "dataset": self.plans.dataset_name, "trainer": NNUNET_TRAINER, "plans": NNUNET_PLANS,
+                         "dataset": self.plans.dataset_name, "trainer": NNUNET_TRAINER, "plans": self.nnunet_plans.name,
                          "configuration": NNUNET_CONFIGURATION, "fold": str(self.fold), "schedule": schedule},
         })
 

@@ -21,7 +21,7 @@ from torch.backends import cudnn
 
 from sdmcunet.imageio.probabilities import save_probabilities
 from sdmcunet.results.history import TrainingHistory
-from sdmcunet.training.trainers.nnunet import NNUNET_PLANS, read_nnunet_case
+from sdmcunet.training.trainers.nnunet import read_nnunet_case
 from sdmcunet.utils.cli import configure_logging, console_entry
 from sdmcunet.utils.errors import SDMCError
 from sdmcunet.utils.files import atomic_write_bytes, make_folder, read_json
@@ -53,11 +53,11 @@ class nnUNetTrainer(NnunetTrainer):
             self.num_val_iterations_per_epoch = max(1, round(iterations_per_epoch * share))
 
 
-def fold_trainer(dataset: Path, configuration: str, fold: int | str, device: torch.device, resume: bool,
-                 epochs: int | None, iterations_per_epoch: int | None) -> nnUNetTrainer:
-    """nnU-Net's trainer of a fold of its preprocessed `dataset`, made as `nnUNetv2_train` makes it
-    (nnunetv2/run/run_training.py)."""
-    plans = read_json(dataset / f"{NNUNET_PLANS}.json") | {"continue_training": resume}
+def fold_trainer(dataset: Path, plans_file: str, configuration: str, fold: int | str, device: torch.device,
+                 resume: bool, epochs: int | None, iterations_per_epoch: int | None) -> nnUNetTrainer:
+    """nnU-Net's trainer of a fold of its preprocessed `dataset` with the plans in `plans_file` there, made as
+    `nnUNetv2_train` makes it (nnunetv2/run/run_training.py)."""
+    plans = read_json(dataset / plans_file) | {"continue_training": resume}
     trainer = nnUNetTrainer(plans, configuration, fold, read_json(dataset / NNUNET_DATASET_FILE), device)
     trainer.set_schedule(epochs, iterations_per_epoch)
     if device.type == "cuda":
@@ -65,12 +65,14 @@ def fold_trainer(dataset: Path, configuration: str, fold: int | str, device: tor
     return trainer
 
 
-def plan_and_preprocess(dataset_id: int, plans_name: str, configuration: str, num_processes: int) -> None:
-    """`nnUNetv2_plan_and_preprocess -d ID -c CONFIGURATION`, made anew: fingerprint, nnU-Net's default planner,
-    preprocessing (which also copies the references to gt_segmentations)."""
+def plan_and_preprocess(dataset_id: int, plans_name: str, gpu_memory_target_gb: float | None, configuration: str,
+                        num_processes: int) -> None:
+    """`nnUNetv2_plan_and_preprocess -d ID -c CONFIGURATION -overwrite_plans_name PLANS [-gpu_memory_target GB]`,
+    made anew: fingerprint, nnU-Net's default planner (at its default memory target when `gpu_memory_target_gb` is
+    None), preprocessing (which also copies the references to gt_segmentations)."""
     extract_fingerprint_dataset(dataset_id, num_processes=num_processes, clean=True, verbose=False,
                                 show_progress_bar=False)
-    plan_experiment_dataset(dataset_id, overwrite_plans_name=plans_name)
+    plan_experiment_dataset(dataset_id, gpu_memory_target_in_gb=gpu_memory_target_gb, overwrite_plans_name=plans_name)
     disabled = logging.root.manager.disable
     logging.disable(logging.INFO)  # its copying of the references logs a line per case (distutils' copy_file)
     try:
