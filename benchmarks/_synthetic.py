@@ -1,5 +1,6 @@
 """Set-up shared by the benchmarks: a synthetic dataset, converted, planned and preprocessed."""
 
+import contextlib
 import json
 import os
 import subprocess
@@ -29,7 +30,8 @@ def planned_synthetic_dataset(folder: Path, n_patients: int, size: int) -> tuple
     os.environ.update(environment)
     make_synthetic_dataset(folder / "release", n_patients=n_patients, seed=1, size=size, progress=False)
     convert_release(folder / "release", 2021, folder / "raw")
-    plan_and_preprocess.main(["-d", "2021", "--cpu", "-np", str(os.cpu_count() or 1)])
+    with contextlib.redirect_stdout(sys.stderr):  # a benchmark's standard output is its JSON alone
+        plan_and_preprocess.main(["-d", "2021", "--cpu", "-np", str(os.cpu_count() or 1)])
     return folder / "preprocessed" / DATASET, environment
 
 
