@@ -87,9 +87,11 @@ def test_prediction_reproduces_the_folds_validation(environment, tmp_path):
 
 # Written by the code before "inference builds networks, not trainers" (see `regression_predictions`): the
 # predictions of the same trainings must not change with a refactoring. On this project's CPU machines
-# they were bit-identical; here probabilities are compared to within float16 rounding and label maps
-# pixel for pixel, since other CPUs may round a trained weight's last bit differently.
+# they were bit-identical; other CPUs round the trained weights' last bits differently (on a Xeon of
+# 2026-12-06: probabilities one float16 step apart, a label in 1 of 4,416 pixels at a tie), so here
+# probabilities are compared to within a few float16 steps and label maps pixel for pixel except at ties.
 REFERENCE_PREDICTIONS = Path(__file__).parent / "data" / "predictions_before_inference_refactor.npz"
+FLOAT16_STEPS = 2e-3  # what other rounding of the trained weights moves a saved probability by (at most 4 steps)
 
 
 def regression_predictions(environment, output: Path) -> dict[str, np.ndarray]:
@@ -111,7 +113,8 @@ def regression_predictions(environment, output: Path) -> dict[str, np.ndarray]:
 
 
 def test_predictions_equal_those_of_the_code_before_the_inference_refactor(environment, tmp_path):
-    """Bit-identical to the outputs saved by the code before inference built networks instead of trainers.
+    """The outputs saved by the code before inference built networks instead of trainers: label maps pixel
+    for pixel, probabilities and uncertainties to within a few float16 steps (see REFERENCE_PREDICTIONS).
 
     The saved outputs carry one deliberate fix made with the refactor: the SDMC trainer's EMA denoiser
     is in eval mode (it ran in train mode before, so plans with dropout dropped out at inference)."""
@@ -120,7 +123,16 @@ def test_predictions_equal_those_of_the_code_before_the_inference_refactor(envir
     assert current.keys() == reference.keys()
     for key, expected in reference.items():
         assert current[key].dtype == expected.dtype, key
-        np.testing.assert_array_equal(current[key], expected, err_msg=key)
+        if not key.endswith("/label_map"):  # float16 in [0, 1]: one step is at most 2**-11
+            np.testing.assert_allclose(current[key].astype(np.float32), expected.astype(np.float32), rtol=0,
+                                       atol=FLOAT16_STEPS, err_msg=key)
+            continue
+        # a pixel's label may differ only where the saved probabilities of its two labels were a tie
+        rows, columns = np.nonzero(current[key] != expected)
+        probabilities = reference[key.replace("/label_map", "/probabilities")].astype(np.float32)
+        gaps = np.abs(probabilities[current[key][rows, columns], rows, columns]
+                      - probabilities[expected[rows, columns], rows, columns])
+        assert np.all(gaps <= FLOAT16_STEPS), f"{key}: labels differ at {list(zip(rows, columns))}, gaps {gaps}"
 
 
 def test_folds_are_averaged_and_mirroring_is_undone(environment):
