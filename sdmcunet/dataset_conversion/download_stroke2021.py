@@ -28,6 +28,7 @@ from sdmcunet.dataset_conversion.safe_extract import ensure_free_destination, is
 from sdmcunet.utils.cli import configure_logging, console_entry, non_negative_int, positive_float
 from sdmcunet.utils.errors import SDMCError
 from sdmcunet.utils.files import atomic_output, make_folder, sha256
+from sdmcunet.utils.progress import progress_bar
 
 BASE_URL = "https://acikveri.saglik.gov.tr"
 GROUPS: dict[str, range] = {
@@ -63,8 +64,7 @@ class DownloadOptions:
 
 
 class _ProgressBar(tqdm):
-    # tqdm's monitor thread outlives disabled bars (as on a non-terminal), and a bar updated
-    # once per chunk has no use for it.
+    # tqdm's monitor thread can outlive the bar, and a bar updated once per chunk has no use for it.
     monitor_interval = 0
 
 
@@ -256,9 +256,9 @@ def _parse_content_range(value: str | None) -> tuple[int | None, int | None]:
 
 
 def _append_body(response: http.client.HTTPResponse, partial: Path, expected_size: int | None) -> None:
-    with open(partial, "ab") as sink, _ProgressBar(
-        total=expected_size, initial=sink.tell(), desc=partial.name, unit="B", unit_scale=True,
-        unit_divisor=1024, disable=None,
+    with open(partial, "ab") as sink, progress_bar(
+        bar_class=_ProgressBar, total=expected_size, initial=sink.tell(), desc=partial.name, unit="B",
+        unit_scale=True, unit_divisor=1024,
     ) as progress:
         while chunk := response.read(_CHUNK_BYTES):
             sink.write(chunk)

@@ -37,7 +37,6 @@ import numpy as np
 from PIL import Image
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
-from tqdm import tqdm
 
 from sdmcunet.dataset_conversion.overlay import draw_overlay
 from sdmcunet.dataset_conversion.phantom import Patient, Stream, draw_patient, render_slice, seeded_rng
@@ -45,6 +44,7 @@ from sdmcunet.labels import HEMORRHAGIC, ISCHEMIC
 from sdmcunet.utils.cli import console_entry, positive_int, random_seed
 from sdmcunet.utils.errors import SDMCError
 from sdmcunet.utils.files import atomic_output, atomic_write_json, read_json
+from sdmcunet.utils.progress import progress_bar
 
 CLASS_FOLDERS = ("Hemorrhagic", "Ischemic", "Non-Stroke")
 MARKER_NAME = "synthetic.json"
@@ -134,7 +134,7 @@ def make_synthetic_dataset(output_dir: str | Path, n_patients: int = 30, seed: i
     training = output_dir / "Training"
     summary = SyntheticSummary(output_dir, n_patients)
     records = plan_slices(n_patients, seed, size)
-    for record in tqdm(records, desc="synthetic slices", unit="slice", disable=not progress):
+    for record in progress_bar(records, desc="synthetic slices", unit="slice", disable=not progress):
         folder = _finished_folder(training, record.stem)
         if folder is None:
             folder = _write_slice(training, record)

@@ -16,7 +16,6 @@ from typing import Iterator
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from sdmcunet.experiment_planning.plans_manager import ConfigurationManager
 from sdmcunet.imageio import DEFAULT_GEOMETRY, ImageGeometry
@@ -32,6 +31,7 @@ from sdmcunet.preprocessing.preprocessor import preprocess_image
 from sdmcunet.utils.errors import SDMCError
 from sdmcunet.utils.files import make_folder
 from sdmcunet.utils.parallel import worker_pool
+from sdmcunet.utils.progress import progress_bar
 
 log = logging.getLogger("sdmcunet.inference")
 MIRROR_AXIS = -1  # left-right, the only mirroring of the training augmentation
@@ -186,7 +186,7 @@ def predict_folder(model: LoadedModel, listing: InputListing, output: Path, opti
     export = partial(export_case, output=output, options=options, labels=model.dataset.labels,
                      algorithm=model.trainer_name)
     pool = worker_pool(num_processes) if num_processes > 0 else ThreadPool(1)
-    with pool, tqdm(total=len(pending), desc="predicting", unit="case") as progress:
+    with pool, progress_bar(total=len(pending), desc="predicting", unit="case") as progress:
         writes = []
         try:
             for prepared, prediction in _predicted_cases(predictor, _prepared_cases(pool, prepare, pending, run.problems),

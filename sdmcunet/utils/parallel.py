@@ -4,7 +4,7 @@ from multiprocessing import Pool
 from multiprocessing.pool import Pool as PoolType
 from typing import Callable, Iterable, Iterator, TypeVar
 
-from tqdm import tqdm
+from sdmcunet.utils.progress import progress_bar
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -32,7 +32,7 @@ def parallel_map(function: Callable[[Item], Result], items: Iterable[Item], num_
     `function` must be picklable (a module-level function or a functools.partial of one).
     """
     items = list(items)
-    with tqdm(total=len(items), desc=description, unit=unit) as progress:
+    with progress_bar(total=len(items), desc=description, unit=unit) as progress:
         if num_processes > 1 and len(items) > 1:
             processes = min(num_processes, len(items))
             chunk_size = max(1, min(8, len(items) // (4 * processes)))

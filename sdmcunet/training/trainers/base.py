@@ -20,7 +20,6 @@ import torch
 from batchgenerators.dataloading.multi_threaded_augmenter import MultiThreadedAugmenter
 from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
 from torch import nn
-from tqdm import tqdm
 
 from sdmcunet.experiment_planning import presets
 from sdmcunet.experiment_planning.memory import MemoryModel, available_gigabytes
@@ -43,6 +42,7 @@ from sdmcunet.training.progress import plot_progress
 from sdmcunet.training.validation import validate_fold
 from sdmcunet.utils.errors import SDMCError
 from sdmcunet.utils.files import make_folder, read_json, remove_unfinished_writes
+from sdmcunet.utils.progress import progress_bar
 
 log = logging.getLogger("sdmcunet.training")
 RESUMABLE = ("latest", "final")  # the checkpoints --c continues from, in this order
@@ -432,7 +432,7 @@ class Trainer:
         start = time.time()
         self.network.train()
         losses = []
-        progress = tqdm(range(self.schedule.iterations_per_epoch), desc=f"epoch {self.epoch}",
+        progress = progress_bar(range(self.schedule.iterations_per_epoch), desc=f"epoch {self.epoch}",
                         disable=not self.distributed.is_main, leave=False)
         for _ in progress:
             losses.append(self.train_step(next(batches)))
