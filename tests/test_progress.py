@@ -27,9 +27,14 @@ def test_a_bar_redraws_on_a_terminal_and_writes_only_its_first_and_last_line_to_
     assert redraws(piped) == 2 and "0/5" in piped.getvalue() and "5/5" in piped.getvalue()
 
 
+def interval(**options) -> float:
+    with progress_bar(range(1), **options) as bar:
+        return bar.mininterval
+
+
 def test_the_default_stream_is_standard_error_and_an_explicit_interval_wins(monkeypatch):
     monkeypatch.setattr(sys, "stderr", io.StringIO())
-    assert progress_bar(range(1)).mininterval == NON_TERMINAL_SECONDS
-    assert progress_bar(range(1), mininterval=1.0).mininterval == 1.0
+    assert interval() == NON_TERMINAL_SECONDS
+    assert interval(mininterval=1.0) == 1.0
     monkeypatch.setattr(sys, "stderr", Terminal())
-    assert progress_bar(range(1)).mininterval < 1.0
+    assert interval() < 1.0

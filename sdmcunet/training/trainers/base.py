@@ -433,7 +433,7 @@ class Trainer:
         self.network.train()
         losses = []
         progress = progress_bar(range(self.schedule.iterations_per_epoch), desc=f"epoch {self.epoch}",
-                        disable=not self.distributed.is_main, leave=False)
+                                disable=not self.distributed.is_main, leave=False)
         for _ in progress:
             losses.append(self.train_step(next(batches)))
             progress.set_postfix(loss=f"{losses[-1]:.4f}")
