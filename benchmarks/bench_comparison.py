@@ -21,6 +21,7 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
+from sdmcunet.evaluation.metrics import to_json_safe
 from sdmcunet.evaluation.statistics import case_table, holm_correct, paired_wilcoxon, patients_from_raw_dataset
 from sdmcunet.results.trained_model import TrainedModel
 
@@ -81,7 +82,7 @@ def main() -> None:
         comparisons = holm_correct([paired_wilcoxon(PROPOSED, tables[PROPOSED], other, tables[other], patient_of)
                                     for other in tables if other != PROPOSED])
         results["paired_tests"] = [asdict(comparison) for comparison in comparisons]
-    print(json.dumps(results, indent=2))
+    print(json.dumps(to_json_safe(results), indent=2))  # a test without patients has NaN: JSON null
 
 
 if __name__ == "__main__":
